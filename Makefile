@@ -1,0 +1,33 @@
+# akidb: the two Quick-start commands are `make run` and `make test`.
+CARGO ?= cargo
+CONFIG ?= config/akidb.toml
+# The integration tests need the test-only fault hooks compiled into akidbd.
+TEST_FEATURES = --features fault-injection
+
+.PHONY: setup build run test lint fmt bench clean-setup
+
+setup:
+	@tools/setup.sh
+
+build: setup
+	$(CARGO) build --release --bins
+
+run: build
+	$(CARGO) run --release --bin akidbd -- --config $(CONFIG)
+
+test: setup
+	$(CARGO) test $(TEST_FEATURES) --all-targets
+	$(CARGO) test $(TEST_FEATURES) --doc
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy $(TEST_FEATURES) --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench: setup
+	$(CARGO) bench --bench engine
+
+clean-setup:
+	rm -rf target/onnxruntime target/setup models/all-MiniLM-L6-v2

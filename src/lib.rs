@@ -13,3 +13,16 @@
 
 pub mod config;
 pub mod engine;
+pub mod protocol;
+
+pub(crate) mod actors;
+pub mod client;
+pub mod daemon;
+pub(crate) mod server;
+pub(crate) mod systemd;
+pub mod telemetry;
+
+/// Resolves at the first SIGTERM or SIGINT, with the signal's name (the daemon's production shutdown trigger).
+pub async fn server_signal() -> &'static str {
+    server::shutdown::signal_received().await
+}

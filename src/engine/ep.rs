@@ -137,13 +137,13 @@ pub(crate) fn gpu_name(device_id: u32) -> String {
         .unwrap_or_else(|| format!("gpu{device_id}"))
 }
 
-/// The ONNX Runtime version from its build string ("git-branch=rel-1.32.0, ..."), else the whole string.
-pub(crate) fn ort_version(build_info: &str) -> String {
-    build_info
-        .split([',', ' '])
-        .find_map(|part| part.strip_prefix("git-branch=rel-"))
-        .map(str::to_owned)
-        .unwrap_or_else(|| build_info.trim().to_owned())
+/// The ONNX Runtime version from its build string ("git-branch=rel-1.32.0, ..."), else from the library's file
+/// name ("libonnxruntime.so.1.32.0"), else the whole build string.
+pub(crate) fn ort_version(build_info: &str, library: &Path) -> String {
+    let from_build = build_info.split([',', ' ']).find_map(|part| part.strip_prefix("git-branch=rel-"));
+    let file_name = library.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let from_file = file_name.split_once(".so.").map(|(_, version)| version.to_owned()).filter(|v| !v.is_empty());
+    from_build.map(str::to_owned).or(from_file).unwrap_or_else(|| build_info.trim().to_owned())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,184 @@
+//! The inference actor: one per device, on its own OS thread, owning one ONNX Runtime session.
+//!
+//! It builds its session and warms it up in `on_start` (for TensorRT this is where engines are built or loaded
+//! from the cache), then runs the batches the batcher sends. Runs block the actor's thread, never a tokio worker.
+//! When a run panics, kameo's supervision restarts the actor: `on_start` runs again, counts the restart, waits a
+//! backoff and rebuilds the session. The batch that was running is answered `internal` by its items' `Drop`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::actor::{Actor, ActorRef};
+use kameo::message::{Context, Message};
+use ort::environment::Environment;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::batcher::{Batcher, BatchDone, CostSample, WorkerUp};
+use super::state::{lock, DaemonState, DeviceState};
+use super::{Item, ServeError};
+use crate::config::DeviceConfig;
+use crate::engine::{Embedder, Encoded, ModelInfo, OrtEngine, SharedTokenizer};
+
+/// How a device's first start went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Startup {
+    Pending,
+    Ready,
+    Failed(String),
+}
+
+/// Everything an inference actor needs to (re)build its session.
+#[derive(Clone)]
+pub(crate) struct InferenceArgs {
+    pub index: usize,
+    pub device: DeviceConfig,
+    pub env: Environment,
+    pub model: ModelInfo,
+    pub tokenizer: SharedTokenizer,
+    pub batcher: ActorRef<Batcher>,
+    pub state: Arc<DaemonState>,
+    pub warmup_seq_lengths: Vec<usize>,
+    pub warmup_batch: usize,
+    pub startup: Arc<watch::Sender<Startup>>,
+}
+
+pub(crate) struct InferenceActor {
+    index: usize,
+    engine: Box<dyn Embedder>,
+    batcher: ActorRef<Batcher>,
+    state: Arc<DaemonState>,
+}
+
+/// A batch to run.
+pub(crate) struct RunBatch {
+    pub items: Vec<Item>,
+    pub padded_tokens: usize,
+    pub real_tokens: usize,
+}
+
+// === impl InferenceActor ===
+
+impl Actor for InferenceActor {
+    type Args = InferenceArgs;
+    type Error = String;
+
+    async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
+        let device = &args.state.devices[args.index];
+        let first_start = *args.startup.borrow() == Startup::Pending;
+        if !first_start {
+            if matches!(*args.startup.borrow(), Startup::Failed(_)) {
+                return Err("the device failed at startup".into());
+            }
+            let restarts = device.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            device.set_state(DeviceState::Restarting);
+            let backoff = restart_backoff(restarts);
+            tracing::warn!(device = args.index, restarts, backoff_ms = backoff.as_millis() as u64, "restarting inference actor");
+            tokio::time::sleep(backoff).await;
+        }
+        let engine = match build_and_warm_up(&args) {
+            Ok(engine) => engine,
+            Err(message) => {
+                tracing::error!(device = args.index, error = %message, "inference device could not start");
+                *lock(&device.last_error) = Some(message.clone());
+                device.set_state(DeviceState::Failed);
+                if first_start {
+                    args.startup.send_replace(Startup::Failed(message.clone()));
+                }
+                return Err(message);
+            }
+        };
+        *lock(&device.ep) = engine.active_ep().to_string();
+        device.set_state(DeviceState::Ready);
+        let _ = args.batcher.tell(WorkerUp { index: args.index, actor: actor_ref }).send().await;
+        if first_start {
+            args.startup.send_replace(Startup::Ready);
+        }
+        Ok(InferenceActor { index: args.index, engine, batcher: args.batcher, state: args.state })
+    }
+}
+
+/// 100 ms, doubling with each restart, at most 5 s.
+fn restart_backoff(restarts: u64) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << restarts.saturating_sub(1).min(6))).min(Duration::from_secs(5))
+}
+
+/// Builds the session and runs it once at every warm-up shape, reporting the cost to the batcher.
+fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, String> {
+    let started = Instant::now();
+    let mut engine = OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device).map_err(|e| e.to_string())?;
+    let filler = args.tokenizer.encode(&"robot ".repeat(args.model.max_tokens), true).map_err(|e| e.to_string())?;
+    for &seq in &args.warmup_seq_lengths {
+        let seq = seq.clamp(2, filler.ids.len());
+        let encoded = shorten(&filler, seq);
+        for batch_size in [1, args.warmup_batch.max(1)] {
+            let batch: Vec<&Encoded> = std::iter::repeat_n(&encoded, batch_size).collect();
+            let run_started = Instant::now();
+            engine.run(&batch).map_err(|e| format!("warm-up at {batch_size}x{seq} failed: {e}"))?;
+            let _ = args.batcher.tell(CostSample { padded_tokens: batch_size * seq, elapsed: run_started.elapsed() }).try_send();
+        }
+    }
+    tracing::info!(device = args.index, ep = %engine.active_ep(), warmup_ms = started.elapsed().as_millis() as u64, "inference device ready");
+    Ok(Box::new(engine))
+}
+
+/// The first `seq - 1` tokens of `filler` and its last (closing special) token.
+fn shorten(filler: &Encoded, seq: usize) -> Encoded {
+    let last = filler.ids.len() - 1;
+    let keep = |v: &[i64]| v[..seq - 1].iter().chain(std::iter::once(&v[last])).copied().collect();
+    Encoded { ids: keep(&filler.ids), type_ids: keep(&filler.type_ids), truncated: false }
+}
+
+impl Message<RunBatch> for InferenceActor {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: RunBatch, _ctx: &mut Context<Self, Self::Reply>) {
+        let device = &self.state.devices[self.index];
+        device.set_state(DeviceState::Busy);
+        let started = Instant::now();
+        let (live, dead): (Vec<Item>, Vec<Item>) = msg.items.into_iter().partition(|item| item.pending.is_live());
+        for item in dead {
+            item.expire();
+        }
+        #[cfg(feature = "fault-injection")]
+        inject_faults(&live);
+        let n_live = live.len();
+        if n_live > 0 {
+            let batch: Vec<&Encoded> = live.iter().map(|item| &item.encoded).collect();
+            let result = self.engine.run(&batch);
+            let elapsed_us = started.elapsed().as_micros() as u64;
+            match result {
+                Ok(vectors) => {
+                    for (item, vector) in live.into_iter().zip(vectors) {
+                        item.complete(vector, started, elapsed_us);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(device = self.index, error = %err, "batch failed");
+                    *lock(&device.last_error) = Some(err.to_string());
+                    for item in live {
+                        item.fail(ServeError::Internal(err.to_string()));
+                    }
+                }
+            }
+            device.batches.fetch_add(1, Ordering::Relaxed);
+            device.inputs.fetch_add(n_live as u64, Ordering::Relaxed);
+            self.state.record_batch(n_live, msg.padded_tokens, msg.real_tokens);
+        }
+        device.set_state(DeviceState::Ready);
+        let done = BatchDone { index: self.index, padded_tokens: msg.padded_tokens, elapsed: started.elapsed() };
+        let _ = self.batcher.tell(done).send().await;
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+fn inject_faults(items: &[Item]) {
+    for item in items {
+        match item.fault {
+            Some(super::Fault::Panic) => panic!("fault injection: panic in the middle of a batch"),
+            Some(super::Fault::Hang(duration)) => std::thread::sleep(duration),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The actors: a supervisor that owns one inference actor per device and a batcher that feeds them.
+//!
+//! [`DaemonHandle`] is the door the server uses: it tokenizes a request, hands its inputs to the batcher and waits
+//! for the one reply. Each input travels as an [`Item`] that holds a share of its request; whatever happens to the
+//! item (computed, expired, dropped in a panicking actor), the request is answered exactly once, because the reply
+//! sender sits in the request and an item that is dropped unanswered fails its request (see `Item`'s `Drop`).
+//!
+//! Architecture invariant: actors never see bytes or sockets; they take and give plain Rust values.
+
+mod batcher;
+mod inference;
+pub(crate) mod queue;
+pub(crate) mod state;
+mod supervisor;
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kameo::actor::ActorRef;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, SharedTokenizer};
+use crate::protocol::Priority;
+pub(crate) use state::{DaemonState, Phase};
+pub(crate) use supervisor::{start, SupervisorArgs};
+
+use batcher::{Batcher, Submit};
+use state::lock;
+
+/// An embed request as the actors see it.
+#[derive(Debug, Clone)]
+pub(crate) struct EmbedJob {
+    pub inputs: Vec<String>,
+    pub options: EmbedOptions,
+    pub priority: Priority,
+    pub deadline: Option<Instant>,
+    pub received: Instant,
+}
+
+/// A served embed request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EmbedDone {
+    pub embeddings: Vec<Vec<f32>>,
+    pub tokens: usize,
+    pub truncated: Vec<usize>,
+    pub queue_us: u64,
+    pub inference_us: u64,
+}
+
+/// Why a request was not served. Mapped to wire error codes in one place (`server::connection`).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum ServeError {
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("the deadline passed before the request was served")]
+    DeadlineExceeded,
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("input {index} has more than {max_tokens} tokens and truncate is false")]
+    InputTooLong { index: usize, max_tokens: usize },
+    #[error("dimensions {asked} is not in 1..={dim}")]
+    BadDimensions { asked: usize, dim: usize },
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Reply = Result<EmbedDone, ServeError>;
+
+/// One request in flight: the reply sender and the results gathered so far.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    deadline: Option<Instant>,
+    received: Instant,
+    options: EmbedOptions,
+    model: Arc<crate::engine::ModelInfo>,
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Debug)]
+struct PendingInner {
+    reply: Option<oneshot::Sender<Reply>>,
+    results: Vec<Option<Vec<f32>>>,
+    remaining: usize,
+    tokens: usize,
+    truncated: Vec<usize>,
+    first_start: Option<Instant>,
+    inference_us: u64,
+}
+
+/// One input of a request, queued in the batcher and run by an inference actor.
+#[derive(Debug)]
+pub(crate) struct Item {
+    pending: Arc<Pending>,
+    index: usize,
+    encoded: Encoded,
+    answered: bool,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Fault>,
+}
+
+/// Test-only faults, triggered by magic input texts (compiled only with the `fault-injection` feature).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The inference actor panics in the middle of the batch.
+    Panic,
+    /// The inference actor's run takes this long.
+    Hang(Duration),
+}
+
+/// What the server holds to reach the actors.
+#[derive(Clone)]
+pub(crate) struct DaemonHandle {
+    pub state: Arc<DaemonState>,
+    tokenizer: SharedTokenizer,
+    model: Arc<crate::engine::ModelInfo>,
+    batcher: ActorRef<Batcher>,
+}
+
+/// Inputs bigger than this (bytes in total) are tokenized on the blocking pool rather than on the connection's task.
+const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
+
+// === impl DaemonHandle ===
+
+impl DaemonHandle {
+    /// Serves one embed request; always returns exactly one outcome.
+    pub async fn embed(&self, job: EmbedJob) -> Reply {
+        match self.state.phase() {
+            Phase::Stopping => return Err(ServeError::ShuttingDown),
+            Phase::Starting => return Err(ServeError::Unavailable("the daemon is starting (warming up its devices)".into())),
+            Phase::Ready | Phase::Degraded => {}
+        }
+        check_dimensions(&job.options, &self.model).map_err(engine_to_serve)?;
+        let encoded = self.tokenize(&job).await?;
+        let (sender, receiver) = oneshot::channel();
+        let items = self.items(&job, encoded, sender);
+        let n_items = items.len();
+        if let Err(err) = self.batcher.tell(Submit { class: job.priority, items }).try_send() {
+            // The message (and with it every item) is dropped here; the items' Drop would answer `internal`, so the
+            // reply is taken by the specific error first.
+            return Err(match err {
+                kameo::error::SendError::MailboxFull(_) => ServeError::Overloaded(format!("the batcher's mailbox is full ({n_items} inputs refused)")),
+                _ => ServeError::Unavailable("the batcher is not running".into()),
+            });
+        }
+        let outcome = match job.deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, receiver).await {
+                Ok(outcome) => outcome,
+                Err(_) => return Err(ServeError::DeadlineExceeded),
+            },
+            None => receiver.await,
+        };
+        outcome.unwrap_or_else(|_| Err(ServeError::Internal("the request was lost inside the daemon".into())))
+    }
+
+    async fn tokenize(&self, job: &EmbedJob) -> Result<Vec<Encoded>, ServeError> {
+        let total_bytes: usize = job.inputs.iter().map(String::len).sum();
+        let truncate = job.options.truncate;
+        let result = if total_bytes <= INLINE_TOKENIZE_BYTES {
+            self.tokenizer.encode_all(&job.inputs, truncate)
+        } else {
+            let tokenizer = self.tokenizer.clone();
+            let inputs = job.inputs.clone();
+            tokio::task::spawn_blocking(move || tokenizer.encode_all(&inputs, truncate))
+                .await
+                .map_err(|e| ServeError::Internal(format!("tokenizer task failed: {e}")))?
+        };
+        result.map_err(engine_to_serve)
+    }
+
+    fn items(&self, job: &EmbedJob, encoded: Vec<Encoded>, sender: oneshot::Sender<Reply>) -> Vec<Item> {
+        let n = encoded.len();
+        let pending = Arc::new(Pending {
+            deadline: job.deadline,
+            received: job.received,
+            options: job.options,
+            model: self.model.clone(),
+            inner: Mutex::new(PendingInner {
+                reply: Some(sender),
+                results: vec![None; n],
+                remaining: n,
+                tokens: encoded.iter().map(|e| e.ids.len()).sum(),
+                truncated: encoded.iter().enumerate().filter(|(_, e)| e.truncated).map(|(i, _)| i).collect(),
+                first_start: None,
+                inference_us: 0,
+            }),
+        });
+        encoded
+            .into_iter()
+            .enumerate()
+            .map(|(index, encoded)| Item {
+                pending: pending.clone(),
+                index,
+                encoded,
+                answered: false,
+                #[cfg(feature = "fault-injection")]
+                fault: Fault::parse(&job.inputs[index]),
+            })
+            .collect()
+    }
+}
+
+fn engine_to_serve(err: EngineError) -> ServeError {
+    match err {
+        EngineError::InputTooLong { index, max_tokens } => ServeError::InputTooLong { index, max_tokens },
+        EngineError::BadDimensions { asked, dim } => ServeError::BadDimensions { asked, dim },
+        other => ServeError::Internal(other.to_string()),
+    }
+}
+
+// === impl Pending ===
+
+impl Pending {
+    /// Answers the request with an error, unless it was answered already.
+    fn fail(&self, error: ServeError) {
+        if let Some(reply) = lock(&self.inner).reply.take() {
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    /// Whether computing more of this request is still useful.
+    fn is_live(&self) -> bool {
+        let inner = lock(&self.inner);
+        let waiting = inner.reply.as_ref().is_some_and(|reply| !reply.is_closed());
+        waiting && self.deadline.is_none_or(|deadline| Instant::now() < deadline)
+    }
+
+    fn deadline_passed(&self) -> bool {
+        self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Stores one input's vector; the last one sends the reply.
+    fn complete(&self, index: usize, vector: Vec<f32>, batch_start: Instant, batch_us: u64) {
+        let mut inner = lock(&self.inner);
+        if inner.results[index].is_none() {
+            inner.results[index] = Some(finish_vector(vector, &self.options, &self.model));
+            inner.remaining -= 1;
+        }
+        inner.first_start = Some(inner.first_start.map_or(batch_start, |t| t.min(batch_start)));
+        inner.inference_us += batch_us;
+        if inner.remaining > 0 {
+            return;
+        }
+        let Some(reply) = inner.reply.take() else { return };
+        let embeddings = inner.results.iter_mut().map(|r| r.take().unwrap_or_default()).collect();
+        let queue_us = inner.first_start.map_or(0, |start| start.saturating_duration_since(self.received).as_micros() as u64);
+        let done = EmbedDone {
+            embeddings,
+            tokens: inner.tokens,
+            truncated: std::mem::take(&mut inner.truncated),
+            queue_us,
+            inference_us: inner.inference_us,
+        };
+        let _ = reply.send(Ok(done));
+    }
+}
+
+// === impl Item ===
+
+impl Item {
+    /// Delivers this input's vector.
+    fn complete(mut self, vector: Vec<f32>, batch_start: Instant, batch_us: u64) {
+        self.answered = true;
+        self.pending.complete(self.index, vector, batch_start, batch_us);
+    }
+
+    /// Fails this input's request.
+    fn fail(mut self, error: ServeError) {
+        self.answered = true;
+        self.pending.fail(error);
+    }
+
+    /// Answers an item that is no longer live: its deadline passed, or nobody waits for it any more.
+    fn expire(self) {
+        let error = if self.pending.deadline_passed() { ServeError::DeadlineExceeded } else { ServeError::Internal("abandoned".into()) };
+        self.fail(error);
+    }
+}
+
+impl queue::Queued for Item {
+    fn tokens(&self) -> usize {
+        self.encoded.ids.len()
+    }
+
+    fn is_live(&self) -> bool {
+        self.pending.is_live()
+    }
+
+    fn received(&self) -> Instant {
+        self.pending.received
+    }
+}
+
+impl Drop for Item {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.pending.fail(ServeError::Internal("the inference device failed while running this request's batch".into()));
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Fault {
+    /// `"\0akidb-fault:panic"` or `"\0akidb-fault:hang:<ms>"`.
+    fn parse(text: &str) -> Option<Fault> {
+        let rest = text.strip_prefix("\0akidb-fault:")?;
+        if rest == "panic" {
+            return Some(Fault::Panic);
+        }
+        let ms: u64 = rest.strip_prefix("hang:")?.parse().ok()?;
+        Some(Fault::Hang(Duration::from_millis(ms)))
+    }
+}

@@ -1,0 +1,306 @@
+//! Shared daemon state: lifecycle phase, per-device figures, counters and latency windows.
+//!
+//! Written by the actors and the server, read by `health` and `status` without asking any actor, so that a busy
+//! or restarting actor never delays an operator's question. Everything is atomics or short critical sections.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::engine::ModelInfo;
+use crate::protocol::message::{Counters, DeviceStatus, ModelStatus, Percentiles, StatusBody, Throughput};
+use crate::protocol::{ErrorCode, Priority};
+
+/// How long latency samples and throughput are kept for `status`.
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
+/// Most samples kept per class in the window.
+const MAX_SAMPLES: usize = 20_000;
+
+/// The daemon's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Phase {
+    /// Warming up: not ready for embeddings yet.
+    Starting = 0,
+    /// Every device serves.
+    Ready = 1,
+    /// Some device failed; the others serve (or none, and embed answers `unavailable`).
+    Degraded = 2,
+    /// Shutting down.
+    Stopping = 3,
+}
+
+/// State of one inference device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum DeviceState {
+    Starting = 0,
+    Ready = 1,
+    Busy = 2,
+    Restarting = 3,
+    Failed = 4,
+}
+
+/// Figures of one inference device.
+#[derive(Debug)]
+pub(crate) struct DeviceShared {
+    pub index: usize,
+    pub kind: String,
+    pub ep: Mutex<String>,
+    pub state: AtomicU8,
+    pub restarts: AtomicU64,
+    pub batches: AtomicU64,
+    pub inputs: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Everything `status` reports.
+#[derive(Debug)]
+pub(crate) struct DaemonState {
+    started: Instant,
+    phase: AtomicU8,
+    pub model: ModelInfo,
+    pub devices: Vec<DeviceShared>,
+    pub queued: [AtomicU64; 3],
+    requests: AtomicU64,
+    inputs: AtomicU64,
+    tokens: AtomicU64,
+    pub batches: AtomicU64,
+    batch_inputs: AtomicU64,
+    padded_tokens: AtomicU64,
+    real_tokens: AtomicU64,
+    pub connections: AtomicU64,
+    errors: Mutex<BTreeMap<ErrorCode, u64>>,
+    windows: Mutex<[VecDeque<Sample>; 3]>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    latency_us: u64,
+    inputs: u32,
+}
+
+// === impl DaemonState ===
+
+impl DaemonState {
+    pub fn new(model: ModelInfo, device_kinds: &[String]) -> DaemonState {
+        let devices = device_kinds
+            .iter()
+            .enumerate()
+            .map(|(index, kind)| DeviceShared {
+                index,
+                kind: kind.clone(),
+                ep: Mutex::new(String::new()),
+                state: AtomicU8::new(DeviceState::Starting as u8),
+                restarts: AtomicU64::new(0),
+                batches: AtomicU64::new(0),
+                inputs: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+            })
+            .collect();
+        DaemonState {
+            started: Instant::now(),
+            phase: AtomicU8::new(Phase::Starting as u8),
+            model,
+            devices,
+            queued: Default::default(),
+            requests: AtomicU64::new(0),
+            inputs: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_inputs: AtomicU64::new(0),
+            padded_tokens: AtomicU64::new(0),
+            real_tokens: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            errors: Mutex::new(BTreeMap::new()),
+            windows: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            2 => Phase::Degraded,
+            _ => Phase::Stopping,
+        }
+    }
+
+    /// Moves to `phase`; once stopping, the daemon stays stopping.
+    pub fn set_phase(&self, phase: Phase) {
+        let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+            (current != Phase::Stopping as u8).then_some(phase as u8)
+        });
+    }
+
+    /// Records one answered request.
+    pub fn record_reply(&self, priority: Option<Priority>, latency: Duration, n_inputs: usize, n_tokens: usize, error: Option<ErrorCode>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(code) = error {
+            *lock(&self.errors).entry(code).or_default() += 1;
+            return;
+        }
+        let Some(priority) = priority else { return };
+        self.inputs.fetch_add(n_inputs as u64, Ordering::Relaxed);
+        self.tokens.fetch_add(n_tokens as u64, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut windows = lock(&self.windows);
+        let window = &mut windows[priority.index()];
+        window.push_back(Sample { at: now, latency_us: latency.as_micros() as u64, inputs: n_inputs as u32 });
+        prune(window, now);
+    }
+
+    /// Records one batch run by a device.
+    pub fn record_batch(&self, n_inputs: usize, padded_tokens: usize, real_tokens: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_inputs.fetch_add(n_inputs as u64, Ordering::Relaxed);
+        self.padded_tokens.fetch_add(padded_tokens as u64, Ordering::Relaxed);
+        self.real_tokens.fetch_add(real_tokens as u64, Ordering::Relaxed);
+    }
+
+    pub fn health(&self) -> &'static str {
+        match self.phase() {
+            Phase::Starting => "starting",
+            Phase::Ready => "ready",
+            Phase::Degraded => "degraded",
+            Phase::Stopping => "stopping",
+        }
+    }
+
+    /// The `status` body.
+    pub fn status(&self) -> StatusBody {
+        let now = Instant::now();
+        let ratio = |a: &AtomicU64, b: &AtomicU64| {
+            let denominator = b.load(Ordering::Relaxed);
+            if denominator == 0 {
+                0.0
+            } else {
+                a.load(Ordering::Relaxed) as f64 / denominator as f64
+            }
+        };
+        let (latency_ms, throughput) = self.latency_and_throughput(now);
+        StatusBody {
+            status: self.health().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_s: now.duration_since(self.started).as_secs_f64(),
+            model: ModelStatus {
+                name: self.model.name.clone(),
+                dim: self.model.dim as u64,
+                max_tokens: self.model.max_tokens as u64,
+                pooling: self.model.pooling.as_str().to_owned(),
+            },
+            devices: self.devices.iter().map(DeviceShared::status).collect(),
+            queues: Priority::ALL.iter().map(|p| (p.as_str().to_owned(), self.queued[p.index()].load(Ordering::Relaxed))).collect(),
+            counters: Counters {
+                requests: self.requests.load(Ordering::Relaxed),
+                inputs: self.inputs.load(Ordering::Relaxed),
+                tokens: self.tokens.load(Ordering::Relaxed),
+                batches: self.batches.load(Ordering::Relaxed),
+                errors: lock(&self.errors).iter().map(|(code, n)| (code.as_str().to_owned(), *n)).collect(),
+                connections: self.connections.load(Ordering::Relaxed),
+            },
+            latency_ms,
+            mean_batch_size: ratio(&self.batch_inputs, &self.batches),
+            padding_ratio: ratio(&self.padded_tokens, &self.real_tokens),
+            throughput,
+        }
+    }
+
+    fn latency_and_throughput(&self, now: Instant) -> (BTreeMap<String, Percentiles>, Throughput) {
+        let mut windows = lock(&self.windows);
+        let mut latency = BTreeMap::new();
+        let (mut requests, mut inputs) = (0u64, 0u64);
+        let mut oldest = now;
+        for priority in Priority::ALL {
+            let window = &mut windows[priority.index()];
+            prune(window, now);
+            requests += window.len() as u64;
+            inputs += window.iter().map(|s| u64::from(s.inputs)).sum::<u64>();
+            if let Some(first) = window.front() {
+                oldest = oldest.min(first.at);
+            }
+            let mut micros: Vec<u64> = window.iter().map(|s| s.latency_us).collect();
+            latency.insert(priority.as_str().to_owned(), percentiles(&mut micros));
+        }
+        let span = now.duration_since(self.started).min(WINDOW).as_secs_f64().max(1e-3);
+        let throughput = Throughput { window_s: span, requests_per_s: requests as f64 / span, inputs_per_s: inputs as f64 / span };
+        (latency, throughput)
+    }
+}
+
+impl DeviceShared {
+    pub fn set_state(&self, state: DeviceState) {
+        self.state.store(state as u8, Ordering::Release);
+    }
+
+    pub fn state(&self) -> DeviceState {
+        match self.state.load(Ordering::Acquire) {
+            0 => DeviceState::Starting,
+            1 => DeviceState::Ready,
+            2 => DeviceState::Busy,
+            3 => DeviceState::Restarting,
+            _ => DeviceState::Failed,
+        }
+    }
+
+    fn status(&self) -> DeviceStatus {
+        let state = match self.state() {
+            DeviceState::Starting => "starting",
+            DeviceState::Ready => "ready",
+            DeviceState::Busy => "busy",
+            DeviceState::Restarting => "restarting",
+            DeviceState::Failed => "failed",
+        };
+        DeviceStatus {
+            index: self.index as u64,
+            kind: self.kind.clone(),
+            ep: lock(&self.ep).clone(),
+            state: state.to_owned(),
+            restarts: self.restarts.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            inputs: self.inputs.load(Ordering::Relaxed),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+}
+
+fn prune(window: &mut VecDeque<Sample>, now: Instant) {
+    while window.front().is_some_and(|s| now.duration_since(s.at) > WINDOW) || window.len() > MAX_SAMPLES {
+        window.pop_front();
+    }
+}
+
+/// Nearest-rank percentiles of latencies given in microseconds, reported in ms.
+pub(crate) fn percentiles(micros: &mut [u64]) -> Percentiles {
+    if micros.is_empty() {
+        return Percentiles::default();
+    }
+    micros.sort_unstable();
+    let at = |q: f64| {
+        let rank = ((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len());
+        micros[rank - 1] as f64 / 1000.0
+    };
+    Percentiles { count: micros.len() as u64, p50: at(0.50), p95: at(0.95), p99: at(0.99), max: at(1.0) }
+}
+
+/// Locks a mutex, recovering from a panic elsewhere (the data are counters: still meaningful).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let mut micros: Vec<u64> = (1..=100).map(|ms| ms * 1000).collect();
+        let p = percentiles(&mut micros);
+        assert_eq!((p.count, p.p50, p.p95, p.p99, p.max), (100, 50.0, 95.0, 99.0, 100.0));
+        assert_eq!(percentiles(&mut []), Percentiles::default());
+    }
+}

@@ -1,0 +1,176 @@
+//! The supervisor: spawns the batcher and one supervised inference actor per device, reports readiness, and
+//! stops everything in order.
+//!
+//! Inference actors run under kameo's one-for-one supervision (`Transient`: restarted after a panic or error, not
+//! after a graceful stop) with the configured restart limit. When a device exceeds it, kameo tells the supervisor
+//! (`on_link_died`), which marks the device failed and tells the batcher to stop sending it work.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::actor::{Actor, ActorId, ActorRef, Spawn, WeakActorRef};
+use kameo::error::ActorStopReason;
+use kameo::mailbox;
+use kameo::supervision::{RestartPolicy, SupervisionStrategy};
+use ort::environment::Environment;
+use tokio::sync::watch;
+
+use super::batcher::{Batcher, BatcherArgs, Drain, WorkerLost, MAILBOX};
+use super::inference::{InferenceActor, InferenceArgs, Startup};
+use super::state::{lock, DaemonState, DeviceState, Phase};
+use super::DaemonHandle;
+use crate::config::Config;
+use crate::engine::{ModelInfo, SharedTokenizer};
+
+/// What the supervisor needs.
+pub(crate) struct SupervisorArgs {
+    pub config: Config,
+    pub env: Environment,
+    pub model: ModelInfo,
+    pub tokenizer: SharedTokenizer,
+    pub state: Arc<DaemonState>,
+}
+
+pub(crate) struct Supervisor {
+    state: Arc<DaemonState>,
+    batcher: ActorRef<Batcher>,
+    devices: Vec<ActorRef<InferenceActor>>,
+    device_ids: HashMap<ActorId, usize>,
+    startups: Vec<watch::Receiver<Startup>>,
+}
+
+/// The running actors.
+pub(crate) struct Started {
+    pub handle: DaemonHandle,
+    supervisor: ActorRef<Supervisor>,
+}
+
+/// Asks for the refs needed to stop in order.
+struct Children;
+
+/// Asks for the devices' start-up watches.
+struct Startups;
+
+// === impl Supervisor ===
+
+impl Actor for Supervisor {
+    type Args = SupervisorArgs;
+    type Error = std::convert::Infallible;
+
+    fn supervision_strategy() -> SupervisionStrategy {
+        SupervisionStrategy::OneForOne
+    }
+
+    async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
+        let devices_config = args.config.effective_devices();
+        let batcher_args = BatcherArgs { config: args.config.batcher.clone(), state: args.state.clone(), n_devices: devices_config.len() };
+        let batcher = Batcher::spawn_with_mailbox(batcher_args, mailbox::bounded(MAILBOX));
+        let batcher_cfg = &args.config.batcher;
+        let mut devices = Vec::new();
+        let mut device_ids = HashMap::new();
+        let mut startups = Vec::new();
+        for (index, device) in devices_config.into_iter().enumerate() {
+            let (startup_tx, startup_rx) = watch::channel(Startup::Pending);
+            let inference_args = InferenceArgs {
+                index,
+                device,
+                env: args.env.clone(),
+                model: args.model.clone(),
+                tokenizer: args.tokenizer.clone(),
+                batcher: batcher.clone(),
+                state: args.state.clone(),
+                warmup_seq_lengths: batcher_cfg.warmup_seq_lengths.clone(),
+                warmup_batch: batcher_cfg.max_batch_size.min(8),
+                startup: Arc::new(startup_tx),
+            };
+            let actor = InferenceActor::supervise(&actor_ref, inference_args)
+                .restart_policy(RestartPolicy::Transient)
+                .restart_limit(batcher_cfg.max_restarts, Duration::from_secs(batcher_cfg.restart_window_s))
+                .spawn_in_thread()
+                .await;
+            device_ids.insert(actor.id(), index);
+            devices.push(actor);
+            startups.push(startup_rx);
+        }
+        Ok(Supervisor { state: args.state, batcher, devices, device_ids, startups })
+    }
+
+    async fn on_link_died(&mut self, _actor_ref: WeakActorRef<Self>, id: ActorId, reason: ActorStopReason) -> Result<ControlFlow<ActorStopReason>, Self::Error> {
+        let Some(&index) = self.device_ids.get(&id) else {
+            return Ok(ControlFlow::Continue(()));
+        };
+        if matches!(reason, ActorStopReason::Normal) || self.state.phase() == Phase::Stopping {
+            return Ok(ControlFlow::Continue(()));
+        }
+        tracing::error!(device = index, reason = %reason, "inference device gave up after its restart limit");
+        let device = &self.state.devices[index];
+        device.set_state(DeviceState::Failed);
+        lock(&device.last_error).get_or_insert_with(|| reason.to_string());
+        let _ = self.batcher.tell(WorkerLost { index }).send().await;
+        self.state.set_phase(Phase::Degraded);
+        Ok(ControlFlow::Continue(()))
+    }
+}
+
+impl kameo::message::Message<Children> for Supervisor {
+    type Reply = (ActorRef<Batcher>, Vec<ActorRef<InferenceActor>>);
+
+    async fn handle(&mut self, _msg: Children, _ctx: &mut kameo::message::Context<Self, Self::Reply>) -> Self::Reply {
+        (self.batcher.clone(), self.devices.clone())
+    }
+}
+
+impl kameo::message::Message<Startups> for Supervisor {
+    type Reply = Vec<watch::Receiver<Startup>>;
+
+    async fn handle(&mut self, _msg: Startups, _ctx: &mut kameo::message::Context<Self, Self::Reply>) -> Self::Reply {
+        self.startups.clone()
+    }
+}
+
+/// Spawns the supervisor (which spawns everything else) and returns the handle the server uses.
+pub(crate) async fn start(args: SupervisorArgs) -> Started {
+    let state = args.state.clone();
+    let model = Arc::new(args.model.clone());
+    let tokenizer = args.tokenizer.clone();
+    let supervisor = Supervisor::spawn(args);
+    let (batcher, _) = supervisor.ask(Children).await.expect("the supervisor starts without failing");
+    Started { handle: DaemonHandle { state, tokenizer, model, batcher }, supervisor }
+}
+
+// === impl Started ===
+
+impl Started {
+    /// Waits until every device is warm (Ok) or one failed to start (Err with its error).
+    pub async fn wait_ready(&self) -> Result<(), String> {
+        let startups = self.supervisor.ask(Startups).await.map_err(|e| e.to_string())?;
+        for (index, mut startup) in startups.into_iter().enumerate() {
+            let outcome = startup.wait_for(|s| *s != Startup::Pending).await.map_err(|e| e.to_string())?.clone();
+            if let Startup::Failed(message) = outcome {
+                return Err(format!("device {index}: {message}"));
+            }
+        }
+        self.handle.state.set_phase(Phase::Ready);
+        Ok(())
+    }
+
+    /// Stops in order: fail what is still queued, stop the inference actors (letting a running batch finish),
+    /// then the batcher and the supervisor. Waits at most `timeout` for each device.
+    pub async fn stop(self, timeout: Duration) {
+        let Ok((batcher, devices)) = self.supervisor.ask(Children).await else { return };
+        let _ = batcher.tell(Drain).send().await;
+        for device in &devices {
+            let _ = device.stop_gracefully().await;
+        }
+        for device in &devices {
+            if tokio::time::timeout(timeout, device.wait_for_shutdown()).await.is_err() {
+                tracing::warn!("an inference device did not stop in time");
+            }
+        }
+        let _ = batcher.stop_gracefully().await;
+        let _ = self.supervisor.stop_gracefully().await;
+        let _ = tokio::time::timeout(timeout, self.supervisor.wait_for_shutdown()).await;
+    }
+}

@@ -1,0 +1,118 @@
+//! Rendering of the daemon's status: the 80-column screen of `akictl status` and Prometheus text.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use akidb::protocol::message::StatusBody;
+
+/// The `akictl status` screen; no line is longer than 80 columns.
+pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
+    let mut out = String::new();
+    let uptime = format_duration(status.uptime_s);
+    let _ = writeln!(out, "akidbd {}  {}  up {uptime}", status.version, status.status.to_uppercase());
+    let _ = writeln!(out, "socket  {}", clip(&socket.display().to_string(), 72));
+    let model = &status.model;
+    let _ = writeln!(out, "model   {} (dim {}, max {} tokens, {} pooling)", clip(&model.name, 32), model.dim, model.max_tokens, model.pooling);
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<4}{:<10}{:<10}{:<11}{:>9}{:>12}{:>14}", "DEV", "KIND", "EP", "STATE", "RESTARTS", "BATCHES", "INPUTS");
+    for device in &status.devices {
+        let _ = writeln!(
+            out,
+            "{:<4}{:<10}{:<10}{:<11}{:>9}{:>12}{:>14}",
+            device.index,
+            clip(&device.kind, 9),
+            clip(if device.ep.is_empty() { "-" } else { &device.ep }, 9),
+            clip(&device.state, 10),
+            device.restarts,
+            device.batches,
+            device.inputs
+        );
+        if let Some(error) = &device.last_error {
+            let _ = writeln!(out, "    last error: {}", clip(error, 64));
+        }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<10}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}", "CLASS", "QUEUED", "REQS/60s", "p50 ms", "p95 ms", "p99 ms", "max ms");
+    for class in ["realtime", "normal", "bulk"] {
+        let queued = status.queues.get(class).copied().unwrap_or(0);
+        let p = status.latency_ms.get(class).copied().unwrap_or_default();
+        let _ = writeln!(out, "{class:<10}{queued:>8}{:>10}{:>10.1}{:>10.1}{:>10.1}{:>10.1}", p.count, p.p50, p.p95, p.p99, p.max);
+    }
+    let _ = writeln!(out);
+    let t = &status.throughput;
+    let _ = writeln!(out, "throughput  {:.1} req/s  {:.1} inputs/s  (last {:.0} s)", t.requests_per_s, t.inputs_per_s, t.window_s);
+    let _ = writeln!(out, "batches     {}  mean size {:.1}  padding ratio {:.2}", status.counters.batches, status.mean_batch_size, status.padding_ratio);
+    let c = &status.counters;
+    let _ = writeln!(out, "totals      {} requests  {} inputs  {} tokens  {} connections", c.requests, c.inputs, c.tokens, c.connections);
+    let errors: Vec<String> = c.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
+    let errors = if errors.is_empty() { "none".to_owned() } else { errors.join(", ") };
+    let _ = writeln!(out, "errors      {}", clip(&errors, 68));
+    out
+}
+
+/// The status counters and gauges in Prometheus text exposition format.
+pub fn prometheus(status: &StatusBody) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, f64)>| {
+        let _ = writeln!(out, "# HELP akidb_{name} {help}");
+        let _ = writeln!(out, "# TYPE akidb_{name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "akidb_{name}{labels} {value}");
+        }
+    };
+    let ready = if status.status == "ready" { 1.0 } else { 0.0 };
+    metric("up", "gauge", "1 when the daemon is ready.", vec![(String::new(), ready)]);
+    metric("uptime_seconds", "gauge", "Seconds since the daemon started.", vec![(String::new(), status.uptime_s)]);
+    let c = &status.counters;
+    metric("requests_total", "counter", "Requests answered.", vec![(String::new(), c.requests as f64)]);
+    metric("inputs_total", "counter", "Inputs embedded.", vec![(String::new(), c.inputs as f64)]);
+    metric("tokens_total", "counter", "Tokens embedded.", vec![(String::new(), c.tokens as f64)]);
+    metric("batches_total", "counter", "Batches run.", vec![(String::new(), c.batches as f64)]);
+    metric("connections_total", "counter", "Connections accepted.", vec![(String::new(), c.connections as f64)]);
+    let errors = c.errors.iter().map(|(code, n)| (format!("{{code=\"{}\"}}", escape(code)), *n as f64)).collect();
+    metric("errors_total", "counter", "Error replies by code.", errors);
+    let queues = status.queues.iter().map(|(class, n)| (format!("{{class=\"{}\"}}", escape(class)), *n as f64)).collect();
+    metric("queued_inputs", "gauge", "Inputs waiting per priority class.", queues);
+    let mut latency = Vec::new();
+    for (class, p) in &status.latency_ms {
+        for (quantile, value) in [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99), ("1", p.max)] {
+            latency.push((format!("{{class=\"{}\",quantile=\"{quantile}\"}}", escape(class)), value / 1000.0));
+        }
+    }
+    metric("latency_seconds", "gauge", "Request latency quantiles over the last 60 s.", latency);
+    metric("padding_ratio", "gauge", "Padded tokens per real token.", vec![(String::new(), status.padding_ratio)]);
+    metric("mean_batch_size", "gauge", "Mean inputs per batch.", vec![(String::new(), status.mean_batch_size)]);
+    let mut devices = Vec::new();
+    let mut restarts = Vec::new();
+    for d in &status.devices {
+        let labels = format!("{{device=\"{}\",kind=\"{}\",ep=\"{}\"}}", d.index, escape(&d.kind), escape(&d.ep));
+        devices.push((labels.clone(), d.batches as f64));
+        restarts.push((labels, d.restarts as f64));
+    }
+    metric("device_batches_total", "counter", "Batches run per device.", devices);
+    metric("device_restarts_total", "counter", "Inference actor restarts per device.", restarts);
+    out
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn clip(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut clipped: String = text.chars().take(width.saturating_sub(1)).collect();
+    clipped.push('…');
+    clipped
+}
+
+fn format_duration(secs: f64) -> String {
+    let secs = secs as u64;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s if s < 86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+    }
+}

@@ -1,0 +1,598 @@
+//! Requests and responses of protocol v1, and the checks that turn a frame body into a [`Request`].
+//!
+//! Every message is a MessagePack map with string keys. The request struct ([`RawRequest`]) is shared by the
+//! daemon (decoding) and the clients (encoding), so both sides agree on field names by construction.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{MAX_DEPTH, PROTOCOL_VERSION};
+
+/// Error codes on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The body is not valid MessagePack, not a map, or a field has the wrong type or value.
+    InvalidRequest,
+    /// `v` is not 1.
+    UnsupportedVersion,
+    /// `op` is not known.
+    UnknownOp,
+    /// The frame's length is over `max_frame_bytes`; the connection is closed.
+    FrameTooLarge,
+    /// More than `max_inputs` inputs.
+    TooManyInputs,
+    /// An input is over the model's max tokens and `truncate` is false.
+    InputTooLong,
+    /// The queue for the request's class is full, or the thermal state refuses its class.
+    Overloaded,
+    /// The reply was not ready within `deadline_ms`.
+    DeadlineExceeded,
+    /// The daemon is stopping.
+    ShuttingDown,
+    /// The peer's uid/gid is not allowed; the connection is closed.
+    PermissionDenied,
+    /// No inference device can serve (still starting, or every device failed).
+    Unavailable,
+    /// The daemon failed while serving the request (e.g. an inference device failed mid-batch).
+    Internal,
+    /// A code this client does not know (a newer daemon).
+    #[serde(other)]
+    Unknown,
+}
+
+/// Priority classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served first, never deferred.
+    Realtime,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served when nothing else waits.
+    Bulk,
+}
+
+/// How an `embed` reply carries its vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// One `bin` of count × dim little-endian f32, row-major.
+    #[default]
+    F32,
+    /// An array of arrays of float32.
+    Array,
+}
+
+/// Every field a request may carry. Clients fill it; the daemon checks it with [`decode_request`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RawRequest {
+    /// Protocol version; absent means 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub v: Option<u64>,
+    /// Chosen by the client, echoed in the reply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// "embed", "health", "info" or "status".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<String>,
+    /// embed: the texts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// embed: L2-normalize (default: the model's setting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// embed: cut over-long inputs (default true).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
+    /// embed: keep the first N dimensions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u64>,
+    /// embed: priority class (default normal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// embed: answer `deadline_exceeded` if not done this many ms after receipt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// embed: "f32" (default) or "array".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+}
+
+/// A checked request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The client's id.
+    pub id: u64,
+    /// What is asked.
+    pub op: Op,
+}
+
+/// The operations of protocol v1.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Embed texts.
+    Embed(EmbedRequest),
+    /// Is the daemon ready?
+    Health,
+    /// Model and limits.
+    Info,
+    /// Operator's view: devices, queues, counters, latency.
+    Status,
+}
+
+/// A checked `embed` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedRequest {
+    /// The texts (1..=max_inputs).
+    pub inputs: Vec<String>,
+    /// L2-normalize (None: the model's default).
+    pub normalize: Option<bool>,
+    /// Cut over-long inputs.
+    pub truncate: bool,
+    /// Keep the first N dimensions.
+    pub dimensions: Option<usize>,
+    /// Priority class.
+    pub priority: Priority,
+    /// Deadline after receipt, in ms.
+    pub deadline_ms: Option<u64>,
+    /// Reply encoding.
+    pub encoding: Encoding,
+}
+
+/// A request that cannot be served as sent; becomes an error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    /// The request's id, or 0 when it could not be read.
+    pub id: u64,
+    /// The code.
+    pub code: ErrorCode,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+/// `error` in an error reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Fields every response has; clients read this first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id.
+    pub id: u64,
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Present when `ok` is false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// Vectors in an `embed` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Embeddings {
+    /// count × dim little-endian f32.
+    F32(serde_bytes::ByteBuf),
+    /// One array per input.
+    Array(Vec<Vec<f32>>),
+}
+
+/// `timing_us` of an `embed` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Timing {
+    /// From receipt to the start of the batch that finished the request.
+    pub queue: u64,
+    /// Time inside the model for the request's batches.
+    pub inference: u64,
+    /// From receipt to reply.
+    pub total: u64,
+}
+
+/// Reply to `embed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedReply {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id.
+    pub id: u64,
+    /// Always true.
+    pub ok: bool,
+    /// Model name.
+    pub model: String,
+    /// Dimension of each vector (after `dimensions`).
+    pub dim: u64,
+    /// Number of vectors.
+    pub count: u64,
+    /// The vectors.
+    pub embeddings: Embeddings,
+    /// Total tokens after truncation.
+    pub tokens: u64,
+    /// Indices of inputs that were truncated.
+    pub truncated: Vec<u64>,
+    /// Where the time went.
+    pub timing_us: Timing,
+}
+
+/// Reply to `health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReply {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id.
+    pub id: u64,
+    /// Always true.
+    pub ok: bool,
+    /// "starting" | "ready" | "degraded" | "stopping".
+    pub status: String,
+}
+
+/// Reply to `info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InfoReply {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id.
+    pub id: u64,
+    /// Always true.
+    pub ok: bool,
+    /// Model name.
+    pub model: String,
+    /// Embedding dimension.
+    pub dim: u64,
+    /// Truncation length in tokens.
+    pub max_tokens: u64,
+    /// "mean" | "cls" | "last_token".
+    pub pooling: String,
+    /// Whether vectors are normalized by default.
+    pub normalize: bool,
+    /// Most inputs per request.
+    pub max_inputs: u64,
+    /// Largest frame body.
+    pub max_frame_bytes: u64,
+    /// Token budget of a batch.
+    pub max_batch_tokens: u64,
+    /// Protocol version.
+    pub protocol: u64,
+    /// Daemon version.
+    pub version: String,
+}
+
+/// Reply to `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id.
+    pub id: u64,
+    /// Always true.
+    pub ok: bool,
+    /// The status itself.
+    #[serde(flatten)]
+    pub body: StatusBody,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StatusBody {
+    /// Same as `health`.
+    pub status: String,
+    /// Daemon version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_s: f64,
+    /// Model name, dimension, max tokens, pooling.
+    pub model: ModelStatus,
+    /// One entry per inference device.
+    pub devices: Vec<DeviceStatus>,
+    /// Queued inputs per class.
+    pub queues: BTreeMap<String, u64>,
+    /// Counters since start.
+    pub counters: Counters,
+    /// Latency percentiles (ms) per class over the recent window.
+    pub latency_ms: BTreeMap<String, Percentiles>,
+    /// Mean inputs per batch since start.
+    pub mean_batch_size: f64,
+    /// Padded tokens / real tokens since start (1.0 = no padding).
+    pub padding_ratio: f64,
+    /// Recent throughput.
+    pub throughput: Throughput,
+}
+
+/// `status.model`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelStatus {
+    /// Name.
+    pub name: String,
+    /// Dimension.
+    pub dim: u64,
+    /// Truncation length.
+    pub max_tokens: u64,
+    /// Pooling mode.
+    pub pooling: String,
+}
+
+/// `status.devices[]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct DeviceStatus {
+    /// Index in the config's device list.
+    pub index: u64,
+    /// The provider asked for.
+    pub kind: String,
+    /// The provider really in use ("" until the session is built).
+    pub ep: String,
+    /// "starting" | "ready" | "busy" | "restarting" | "failed".
+    pub state: String,
+    /// Restarts since start.
+    pub restarts: u64,
+    /// Batches run.
+    pub batches: u64,
+    /// Inputs embedded.
+    pub inputs: u64,
+    /// Last error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// `status.counters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Counters {
+    /// Requests answered (all ops).
+    pub requests: u64,
+    /// Inputs embedded.
+    pub inputs: u64,
+    /// Tokens embedded (after truncation).
+    pub tokens: u64,
+    /// Batches run.
+    pub batches: u64,
+    /// Error replies by code.
+    pub errors: BTreeMap<String, u64>,
+    /// Connections accepted.
+    pub connections: u64,
+}
+
+/// Latency percentiles in ms.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Percentiles {
+    /// Requests in the window.
+    pub count: u64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+/// `status.throughput`, over the recent window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Throughput {
+    /// Window length in seconds.
+    pub window_s: f64,
+    /// embed requests per second.
+    pub requests_per_s: f64,
+    /// Inputs per second.
+    pub inputs_per_s: f64,
+}
+
+/// Error reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id (0 when it could not be read).
+    pub id: u64,
+    /// Always false.
+    pub ok: bool,
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+// === impl ErrorCode ===
+
+impl ErrorCode {
+    /// Every code a daemon sends.
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::UnknownOp,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::TooManyInputs,
+        ErrorCode::InputTooLong,
+        ErrorCode::Overloaded,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::ShuttingDown,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::FrameTooLarge => "frame_too_large",
+            ErrorCode::TooManyInputs => "too_many_inputs",
+            ErrorCode::InputTooLong => "input_too_long",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Priority {
+    /// All classes, highest first.
+    pub const ALL: [Priority; 3] = [Priority::Realtime, Priority::Normal, Priority::Bulk];
+
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Realtime => "realtime",
+            Priority::Normal => "normal",
+            Priority::Bulk => "bulk",
+        }
+    }
+
+    /// Index 0..3, highest first.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Parses a wire name.
+    pub fn parse(text: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+impl RequestError {
+    fn new(id: u64, code: ErrorCode, message: impl Into<String>) -> RequestError {
+        RequestError { id, code, message: message.into() }
+    }
+
+    /// The error reply for this error.
+    pub fn reply(&self) -> ErrorReply {
+        ErrorReply::new(self.id, self.code, self.message.clone())
+    }
+}
+
+impl ErrorReply {
+    /// Builds an error reply.
+    pub fn new(id: u64, code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+        ErrorReply { v: PROTOCOL_VERSION, id, ok: false, error: ErrorBody { code, message: message.into() } }
+    }
+}
+
+// === decoding ===
+
+/// Only the id, to answer a request whose other fields are wrong.
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<u64>,
+}
+
+fn deserialize<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut rest = body;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    de.set_max_depth(MAX_DEPTH);
+    let value = T::deserialize(&mut de)?;
+    if !rest.is_empty() {
+        return Err(rmp_serde::decode::Error::Syntax("trailing bytes after the body's map".into()));
+    }
+    Ok(value)
+}
+
+/// Checks a frame body and turns it into a [`Request`].
+///
+/// The body must be one MessagePack map. When it cannot be read, the error carries the request's id if that much
+/// could be read, else 0.
+pub fn decode_request(body: &[u8], max_inputs: usize) -> Result<Request, RequestError> {
+    let is_map = matches!(body.first(), Some(0x80..=0x8f | 0xde | 0xdf));
+    if !is_map {
+        return Err(RequestError::new(0, ErrorCode::InvalidRequest, "the body is not a MessagePack map"));
+    }
+    let raw: RawRequest = deserialize(body).map_err(|e| {
+        let id = deserialize::<IdOnly>(body).ok().and_then(|r| r.id).unwrap_or(0);
+        RequestError::new(id, ErrorCode::InvalidRequest, format!("cannot decode request: {e}"))
+    })?;
+    check_request(raw, max_inputs)
+}
+
+fn check_request(raw: RawRequest, max_inputs: usize) -> Result<Request, RequestError> {
+    let Some(id) = raw.id else {
+        return Err(RequestError::new(0, ErrorCode::InvalidRequest, "missing id"));
+    };
+    let version = raw.v.unwrap_or(PROTOCOL_VERSION);
+    if version != PROTOCOL_VERSION {
+        return Err(RequestError::new(id, ErrorCode::UnsupportedVersion, format!("protocol version {version} is not supported (this daemon speaks 1)")));
+    }
+    let Some(op) = raw.op.as_deref() else {
+        return Err(RequestError::new(id, ErrorCode::InvalidRequest, "missing op"));
+    };
+    let op = match op {
+        "embed" => Op::Embed(check_embed(id, raw.clone(), max_inputs)?),
+        "health" => Op::Health,
+        "info" => Op::Info,
+        "status" => Op::Status,
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(RequestError::new(id, ErrorCode::UnknownOp, format!("unknown op {shown:?} (known: embed, health, info, status)")));
+        }
+    };
+    Ok(Request { id, op })
+}
+
+fn check_embed(id: u64, raw: RawRequest, max_inputs: usize) -> Result<EmbedRequest, RequestError> {
+    let inputs = raw.inputs.ok_or_else(|| RequestError::new(id, ErrorCode::InvalidRequest, "embed needs inputs"))?;
+    if inputs.is_empty() {
+        return Err(RequestError::new(id, ErrorCode::InvalidRequest, "inputs is empty"));
+    }
+    if inputs.len() > max_inputs {
+        return Err(RequestError::new(id, ErrorCode::TooManyInputs, format!("{} inputs, at most {max_inputs} per request", inputs.len())));
+    }
+    let dimensions = match raw.dimensions {
+        Some(0) => return Err(RequestError::new(id, ErrorCode::InvalidRequest, "dimensions must be at least 1")),
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    Ok(EmbedRequest {
+        inputs,
+        normalize: raw.normalize,
+        truncate: raw.truncate.unwrap_or(true),
+        dimensions,
+        priority: raw.priority.unwrap_or_default(),
+        deadline_ms: raw.deadline_ms,
+        encoding: raw.encoding.unwrap_or_default(),
+    })
+}
+
+/// Encodes any response as a MessagePack map with string keys.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    rmp_serde::to_vec_named(message).expect("responses are plain structs that always serialize")
+}
+
+/// Packs vectors as count × dim little-endian f32.
+pub fn pack_f32(vectors: &[Vec<f32>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(vectors.iter().map(|v| v.len() * 4).sum());
+    for vector in vectors {
+        for x in vector {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Unpacks count × dim little-endian f32.
+pub fn unpack_f32(bytes: &[u8], dim: usize) -> Option<Vec<Vec<f32>>> {
+    if dim == 0 || bytes.len() % (dim * 4) != 0 {
+        return None;
+    }
+    let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Some(floats.chunks_exact(dim).map(<[f32]>::to_vec).collect())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! One client connection: frames in, requests to the actors, replies out in completion order.
+//!
+//! A reader loop decodes frames and starts one task per request; a writer task writes replies as they complete.
+//! Every request holds a reserved slot of the reply channel (at most `max_pending_replies`), so a client that sends
+//! but never reads stops being read from instead of making the daemon buffer without bound. A bad body gets an
+//! `invalid_request` reply and the connection goes on; only framing errors close it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::Stream;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ConnectionPolicy;
+use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, ServeError};
+use crate::engine::EmbedOptions;
+use crate::protocol::message::{
+    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Request,
+    StatusReply, Timing,
+};
+use crate::protocol::{read_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
+
+/// How long the writer may take to hand one reply to a client that reads slowly before the connection is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves one connection until the client closes it, a framing error occurs, or `close` is cancelled.
+pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<ConnectionPolicy>, close: CancellationToken) {
+    let (mut reader, writer) = tokio::io::split(stream);
+    let (replies, receiver) = mpsc::channel::<Vec<u8>>(policy.max_pending_replies);
+    let writer_task = tokio::spawn(write_replies(writer, receiver));
+    let requests = TaskTracker::new();
+    loop {
+        // Reserve the reply's slot before reading the request: this is the bound on unsent replies.
+        let permit = tokio::select! {
+            _ = close.cancelled() => break,
+            permit = replies.clone().reserve_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let frame = tokio::select! {
+            _ = close.cancelled() => break,
+            frame = read_frame(&mut reader, &policy.limits) => frame,
+        };
+        let body = match frame {
+            Ok(Some(body)) => body,
+            Ok(None) => break,
+            Err(FrameError::TooLarge { len, max }) => {
+                let reply = ErrorReply::new(0, ErrorCode::FrameTooLarge, format!("frame of {len} bytes is over max_frame_bytes {max}"));
+                handle.state.record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::FrameTooLarge));
+                permit.send(encode(&reply));
+                break;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "closing connection");
+                break;
+            }
+        };
+        let received = Instant::now();
+        match decode_request(&body, policy.max_inputs) {
+            Err(err) => {
+                handle.state.record_reply(None, received.elapsed(), 0, 0, Some(err.code));
+                permit.send(encode(&err.reply()));
+            }
+            Ok(request) => {
+                let (handle, policy) = (handle.clone(), policy.clone());
+                requests.spawn(async move { permit.send(answer(&handle, &policy, request, received).await) });
+            }
+        }
+    }
+    requests.close();
+    tokio::select! {
+        _ = requests.wait() => {}
+        _ = close.cancelled() => {}
+    }
+    drop(replies);
+    let _ = writer_task.await;
+}
+
+async fn write_replies(mut writer: tokio::io::WriteHalf<Stream>, mut receiver: mpsc::Receiver<Vec<u8>>) {
+    while let Some(body) = receiver.recv().await {
+        let frame = crate::protocol::frame::encode_frame(&body);
+        match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = writer.flush().await;
+    let _ = writer.shutdown().await;
+}
+
+/// Serves one decoded request and encodes its reply.
+async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Request, received: Instant) -> Vec<u8> {
+    let state = &handle.state;
+    let id = request.id;
+    match request.op {
+        Op::Health => {
+            state.record_reply(None, received.elapsed(), 0, 0, None);
+            encode(&HealthReply { v: PROTOCOL_VERSION, id, ok: true, status: state.health().to_owned() })
+        }
+        Op::Info => {
+            state.record_reply(None, received.elapsed(), 0, 0, None);
+            encode(&info(handle, policy, id))
+        }
+        Op::Status => {
+            state.record_reply(None, received.elapsed(), 0, 0, None);
+            encode(&StatusReply { v: PROTOCOL_VERSION, id, ok: true, body: state.status() })
+        }
+        Op::Embed(embed) => {
+            let priority = embed.priority;
+            let encoding = embed.encoding;
+            let n_inputs = embed.inputs.len();
+            let outcome = handle.embed(job(embed, received)).await;
+            let latency = received.elapsed();
+            match outcome {
+                Ok(done) => {
+                    state.record_reply(Some(priority), latency, n_inputs, done.tokens, None);
+                    encode(&embed_reply(handle, id, done, encoding, latency))
+                }
+                Err(err) => {
+                    let code = error_code(&err);
+                    state.record_reply(Some(priority), latency, n_inputs, 0, Some(code));
+                    encode(&ErrorReply::new(id, code, err.to_string()))
+                }
+            }
+        }
+    }
+}
+
+fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
+    EmbedJob {
+        options: EmbedOptions { truncate: embed.truncate, normalize: embed.normalize, dimensions: embed.dimensions },
+        priority: embed.priority,
+        deadline: embed.deadline_ms.map(|ms| received + Duration::from_millis(ms)),
+        received,
+        inputs: embed.inputs,
+    }
+}
+
+fn embed_reply(handle: &DaemonHandle, id: u64, done: EmbedDone, encoding: Encoding, latency: Duration) -> EmbedReply {
+    let dim = done.embeddings.first().map_or(0, Vec::len) as u64;
+    let count = done.embeddings.len() as u64;
+    let embeddings = match encoding {
+        Encoding::F32 => Embeddings::F32(serde_bytes::ByteBuf::from(pack_f32(&done.embeddings))),
+        Encoding::Array => Embeddings::Array(done.embeddings),
+    };
+    EmbedReply {
+        v: PROTOCOL_VERSION,
+        id,
+        ok: true,
+        model: handle.state.model.name.clone(),
+        dim,
+        count,
+        embeddings,
+        tokens: done.tokens as u64,
+        truncated: done.truncated.into_iter().map(|i| i as u64).collect(),
+        timing_us: Timing { queue: done.queue_us, inference: done.inference_us, total: latency.as_micros() as u64 },
+    }
+}
+
+fn info(handle: &DaemonHandle, policy: &ConnectionPolicy, id: u64) -> InfoReply {
+    let model = &handle.state.model;
+    InfoReply {
+        v: PROTOCOL_VERSION,
+        id,
+        ok: true,
+        model: model.name.clone(),
+        dim: model.dim as u64,
+        max_tokens: model.max_tokens as u64,
+        pooling: model.pooling.as_str().to_owned(),
+        normalize: model.normalize,
+        max_inputs: policy.max_inputs as u64,
+        max_frame_bytes: u64::from(policy.limits.max_frame_bytes),
+        max_batch_tokens: policy.max_batch_tokens as u64,
+        protocol: PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}
+
+/// The one place where the daemon's internal errors become wire error codes.
+pub(crate) fn error_code(err: &ServeError) -> ErrorCode {
+    match err {
+        ServeError::Overloaded(_) => ErrorCode::Overloaded,
+        ServeError::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+        ServeError::ShuttingDown => ErrorCode::ShuttingDown,
+        ServeError::Unavailable(_) => ErrorCode::Unavailable,
+        ServeError::InputTooLong { .. } => ErrorCode::InputTooLong,
+        ServeError::BadDimensions { .. } => ErrorCode::InvalidRequest,
+        ServeError::Internal(_) => ErrorCode::Internal,
+    }
+}

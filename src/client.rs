@@ -101,13 +101,20 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon's socket.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let stream = UnixStream::connect(path).await.map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
         let (reader, writer) = stream.into_split();
         Ok(Client {
             reader: BufReader::new(reader),
             writer,
             next_id: 1,
-            limits: FrameLimits { max_frame_bytes: u32::MAX, read_timeout: Duration::from_secs(600), idle_timeout: None },
+            limits: FrameLimits {
+                max_frame_bytes: u32::MAX,
+                read_timeout: Duration::from_secs(600),
+                idle_timeout: None,
+            },
         })
     }
 
@@ -139,7 +146,11 @@ impl Client {
     pub async fn recv(&mut self) -> Result<RawReply, ClientError> {
         let body = read_frame(&mut self.reader, &self.limits).await?.ok_or(ClientError::Closed)?;
         let envelope: Envelope = rmp_serde::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(RawReply { id: envelope.id, ok: envelope.ok, body })
+        Ok(RawReply {
+            id: envelope.id,
+            ok: envelope.ok,
+            body,
+        })
     }
 
     /// Sends one request and waits for its reply (replies to other requests in flight are an error here).
@@ -193,7 +204,10 @@ pub fn embed_request<S: AsRef<str>>(texts: &[S], params: &EmbedParams) -> RawReq
 }
 
 fn op(name: &str) -> RawRequest {
-    RawRequest { op: Some(name.into()), ..RawRequest::default() }
+    RawRequest {
+        op: Some(name.into()),
+        ..RawRequest::default()
+    }
 }
 
 /// Turns an error reply into [`ClientError::Server`].
@@ -202,8 +216,14 @@ pub fn check(reply: RawReply) -> Result<Vec<u8>, ClientError> {
         return Ok(reply.body);
     }
     let envelope: Envelope = decode(&reply.body)?;
-    let error = envelope.error.ok_or_else(|| ClientError::Decode("error reply without error".into()))?;
-    Err(ClientError::Server { id: reply.id, code: error.code, message: error.message })
+    let error = envelope
+        .error
+        .ok_or_else(|| ClientError::Decode("error reply without error".into()))?;
+    Err(ClientError::Server {
+        id: reply.id,
+        code: error.code,
+        message: error.message,
+    })
 }
 
 /// Decodes an `embed` reply body, unpacking the vectors.
@@ -211,12 +231,15 @@ pub fn decode_embed(body: &[u8]) -> Result<Embedded, ClientError> {
     let reply: EmbedReply = decode(body)?;
     let embeddings = match &reply.embeddings {
         Embeddings::Array(vectors) => vectors.clone(),
-        Embeddings::F32(bytes) => {
-            unpack_f32(bytes, reply.dim as usize).ok_or_else(|| ClientError::Decode(format!("{} bytes is not a whole number of {}-dim vectors", bytes.len(), reply.dim)))?
-        }
+        Embeddings::F32(bytes) => unpack_f32(bytes, reply.dim as usize)
+            .ok_or_else(|| ClientError::Decode(format!("{} bytes is not a whole number of {}-dim vectors", bytes.len(), reply.dim)))?,
     };
     if embeddings.len() as u64 != reply.count {
-        return Err(ClientError::Decode(format!("count {} but {} vectors", reply.count, embeddings.len())));
+        return Err(ClientError::Decode(format!(
+            "count {} but {} vectors",
+            reply.count,
+            embeddings.len()
+        )));
     }
     Ok(Embedded { embeddings, reply })
 }

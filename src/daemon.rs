@@ -44,7 +44,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     tracing::info!(socket = %socket.display(), model = %model.name, dim = model.dim, devices = ?kinds, ort = %engine::ort_version(), "akidbd starting");
     systemd::status(&format!("warming up {} device(s)", devices.len()));
 
-    let started = actors::start(SupervisorArgs { config: config.clone(), env, model, tokenizer, state: state.clone() }).await;
+    let started = actors::start(SupervisorArgs {
+        config: config.clone(),
+        env,
+        model,
+        tokenizer,
+        state: state.clone(),
+    })
+    .await;
     let stop = CancellationToken::new();
     let policy = ConnectionPolicy::from_config(&config.server, config.batcher.max_batch_tokens);
     let server_config = config.server.clone();

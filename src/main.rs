@@ -12,7 +12,11 @@ use clap::Parser;
 
 /// The akidb embedding daemon.
 #[derive(Debug, Parser)]
-#[command(name = "akidbd", version, about = "Local embedding daemon: texts in over a Unix socket, vectors out")]
+#[command(
+    name = "akidbd",
+    version,
+    about = "Local embedding daemon: texts in over a Unix socket, vectors out"
+)]
 struct Args {
     /// Configuration file (TOML). Without it, the defaults apply.
     #[arg(long, value_name = "FILE")]
@@ -50,7 +54,11 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     akidb::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("akidbd").build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("akidbd")
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("akidbd: cannot start the async runtime: {err}");

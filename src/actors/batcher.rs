@@ -93,7 +93,13 @@ impl Actor for Batcher {
         let caps = &args.config.queue_capacity;
         Ok(Batcher {
             queues: Queues::new([caps.realtime, caps.normal, caps.bulk]),
-            workers: (0..args.n_devices).map(|_| Worker { actor: None, outstanding: 0, lost: false }).collect(),
+            workers: (0..args.n_devices)
+                .map(|_| Worker {
+                    actor: None,
+                    outstanding: 0,
+                    lost: false,
+                })
+                .collect(),
             config: args.config,
             ms_per_token: None,
             state: args.state,
@@ -112,7 +118,10 @@ impl Batcher {
                 max_tokens = max_tokens.min((share / ms_per_token.max(1e-9)) as usize).max(1);
             }
         }
-        Budget { max_tokens, max_size: self.config.max_batch_size }
+        Budget {
+            max_tokens,
+            max_size: self.config.max_batch_size,
+        }
     }
 
     fn record_cost(&mut self, padded_tokens: usize, elapsed: Duration) {
@@ -153,7 +162,10 @@ impl Batcher {
         if queued >= self.config.max_batch_size || self.queues.len(Priority::Realtime) > 0 {
             return false;
         }
-        let due = self.queues.oldest_received().map(|t| t + Duration::from_micros(self.config.max_wait_us));
+        let due = self
+            .queues
+            .oldest_received()
+            .map(|t| t + Duration::from_micros(self.config.max_wait_us));
         match due {
             Some(due) if due > Instant::now() => {
                 if self.wake_at.is_none_or(|at| at > due) {
@@ -177,14 +189,20 @@ impl Batcher {
                 break;
             }
             let budgets = Priority::ALL.map(|class| self.budget(class));
-            let Some(picked) = self.queues.pick(|class| budgets[class.index()]) else { break };
+            let Some(picked) = self.queues.pick(|class| budgets[class.index()]) else {
+                break;
+            };
             for item in picked.expired {
                 item.expire();
             }
             if picked.items.is_empty() {
                 continue;
             }
-            let batch = RunBatch { items: picked.items, padded_tokens: picked.padded_tokens, real_tokens: picked.real_tokens };
+            let batch = RunBatch {
+                items: picked.items,
+                padded_tokens: picked.padded_tokens,
+                real_tokens: picked.real_tokens,
+            };
             let slot = &mut self.workers[worker];
             let actor = slot.actor.as_ref().expect("free_worker only returns devices with an actor");
             match actor.tell(batch).try_send() {
@@ -221,7 +239,10 @@ impl Message<Submit> for Batcher {
         let n_inputs = msg.items.len();
         if let Err(items) = self.queues.push(msg.class, msg.items) {
             let queued = self.queues.len(msg.class);
-            let message = format!("the {} queue is full ({queued} inputs queued, {n_inputs} more refused)", msg.class.as_str());
+            let message = format!(
+                "the {} queue is full ({queued} inputs queued, {n_inputs} more refused)",
+                msg.class.as_str()
+            );
             if let Some(first) = items.into_iter().next() {
                 // One failure answers the request; the other items then drop as already answered.
                 first.fail(ServeError::Overloaded(message));

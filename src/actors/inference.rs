@@ -15,7 +15,7 @@ use ort::environment::Environment;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::batcher::{Batcher, BatchDone, CostSample, WorkerUp};
+use super::batcher::{BatchDone, Batcher, CostSample, WorkerUp};
 use super::state::{lock, DaemonState, DeviceState};
 use super::{Item, ServeError};
 use crate::config::DeviceConfig;
@@ -74,7 +74,12 @@ impl Actor for InferenceActor {
             let restarts = device.restarts.fetch_add(1, Ordering::Relaxed) + 1;
             device.set_state(DeviceState::Restarting);
             let backoff = restart_backoff(restarts);
-            tracing::warn!(device = args.index, restarts, backoff_ms = backoff.as_millis() as u64, "restarting inference actor");
+            tracing::warn!(
+                device = args.index,
+                restarts,
+                backoff_ms = backoff.as_millis() as u64,
+                "restarting inference actor"
+            );
             tokio::time::sleep(backoff).await;
         }
         let engine = match build_and_warm_up(&args) {
@@ -91,11 +96,23 @@ impl Actor for InferenceActor {
         };
         *lock(&device.ep) = engine.active_ep().to_string();
         device.set_state(DeviceState::Ready);
-        let _ = args.batcher.tell(WorkerUp { index: args.index, actor: actor_ref }).send().await;
+        let _ = args
+            .batcher
+            .tell(WorkerUp {
+                index: args.index,
+                actor: actor_ref,
+            })
+            .send()
+            .await;
         if first_start {
             args.startup.send_replace(Startup::Ready);
         }
-        Ok(InferenceActor { index: args.index, engine, batcher: args.batcher, state: args.state })
+        Ok(InferenceActor {
+            index: args.index,
+            engine,
+            batcher: args.batcher,
+            state: args.state,
+        })
     }
 }
 
@@ -107,16 +124,32 @@ fn restart_backoff(restarts: u64) -> Duration {
 /// Builds the session and runs it once at every warm-up shape, reporting the cost to the batcher.
 fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, String> {
     let started = Instant::now();
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = std::env::var("AKIDB_FAULT_WARMUP_MS").ok().and_then(|v| v.parse().ok()) {
+        // Test hook: a slow warm-up, to observe the daemon while it is "starting".
+        std::thread::sleep(Duration::from_millis(ms));
+    }
     let mut engine = OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device).map_err(|e| e.to_string())?;
-    let filler = args.tokenizer.encode(&"robot ".repeat(args.model.max_tokens), true).map_err(|e| e.to_string())?;
+    let filler = args
+        .tokenizer
+        .encode(&"robot ".repeat(args.model.max_tokens), true)
+        .map_err(|e| e.to_string())?;
     for &seq in &args.warmup_seq_lengths {
         let seq = seq.clamp(2, filler.ids.len());
         let encoded = shorten(&filler, seq);
         for batch_size in [1, args.warmup_batch.max(1)] {
             let batch: Vec<&Encoded> = std::iter::repeat_n(&encoded, batch_size).collect();
             let run_started = Instant::now();
-            engine.run(&batch).map_err(|e| format!("warm-up at {batch_size}x{seq} failed: {e}"))?;
-            let _ = args.batcher.tell(CostSample { padded_tokens: batch_size * seq, elapsed: run_started.elapsed() }).try_send();
+            engine
+                .run(&batch)
+                .map_err(|e| format!("warm-up at {batch_size}x{seq} failed: {e}"))?;
+            let _ = args
+                .batcher
+                .tell(CostSample {
+                    padded_tokens: batch_size * seq,
+                    elapsed: run_started.elapsed(),
+                })
+                .try_send();
         }
     }
     tracing::info!(device = args.index, ep = %engine.active_ep(), warmup_ms = started.elapsed().as_millis() as u64, "inference device ready");
@@ -127,7 +160,11 @@ fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, String> 
 fn shorten(filler: &Encoded, seq: usize) -> Encoded {
     let last = filler.ids.len() - 1;
     let keep = |v: &[i64]| v[..seq - 1].iter().chain(std::iter::once(&v[last])).copied().collect();
-    Encoded { ids: keep(&filler.ids), type_ids: keep(&filler.type_ids), truncated: false }
+    Encoded {
+        ids: keep(&filler.ids),
+        type_ids: keep(&filler.type_ids),
+        truncated: false,
+    }
 }
 
 impl Message<RunBatch> for InferenceActor {
@@ -167,7 +204,11 @@ impl Message<RunBatch> for InferenceActor {
             self.state.record_batch(n_live, msg.padded_tokens, msg.real_tokens);
         }
         device.set_state(DeviceState::Ready);
-        let done = BatchDone { index: self.index, padded_tokens: msg.padded_tokens, elapsed: started.elapsed() };
+        let done = BatchDone {
+            index: self.index,
+            padded_tokens: msg.padded_tokens,
+            elapsed: started.elapsed(),
+        };
         let _ = self.batcher.tell(done).send().await;
     }
 }

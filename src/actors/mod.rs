@@ -128,22 +128,32 @@ const INLINE_TOKENIZE_BYTES: usize = 16 * 1024;
 
 impl DaemonHandle {
     /// Serves one embed request; always returns exactly one outcome.
+    ///
+    /// A request the server read before the daemon began stopping is served even if the stop begins meanwhile; the
+    /// server answers requests read after that `shutting_down` itself.
     pub async fn embed(&self, job: EmbedJob) -> Reply {
-        match self.state.phase() {
-            Phase::Stopping => return Err(ServeError::ShuttingDown),
-            Phase::Starting => return Err(ServeError::Unavailable("the daemon is starting (warming up its devices)".into())),
-            Phase::Ready | Phase::Degraded => {}
+        if self.state.phase() == Phase::Starting {
+            return Err(ServeError::Unavailable("the daemon is starting (warming up its devices)".into()));
         }
         check_dimensions(&job.options, &self.model).map_err(engine_to_serve)?;
         let encoded = self.tokenize(&job).await?;
         let (sender, receiver) = oneshot::channel();
         let items = self.items(&job, encoded, sender);
         let n_items = items.len();
-        if let Err(err) = self.batcher.tell(Submit { class: job.priority, items }).try_send() {
+        if let Err(err) = self
+            .batcher
+            .tell(Submit {
+                class: job.priority,
+                items,
+            })
+            .try_send()
+        {
             // The message (and with it every item) is dropped here; the items' Drop would answer `internal`, so the
             // reply is taken by the specific error first.
             return Err(match err {
-                kameo::error::SendError::MailboxFull(_) => ServeError::Overloaded(format!("the batcher's mailbox is full ({n_items} inputs refused)")),
+                kameo::error::SendError::MailboxFull(_) => {
+                    ServeError::Overloaded(format!("the batcher's mailbox is full ({n_items} inputs refused)"))
+                }
                 _ => ServeError::Unavailable("the batcher is not running".into()),
             });
         }
@@ -247,7 +257,9 @@ impl Pending {
         }
         let Some(reply) = inner.reply.take() else { return };
         let embeddings = inner.results.iter_mut().map(|r| r.take().unwrap_or_default()).collect();
-        let queue_us = inner.first_start.map_or(0, |start| start.saturating_duration_since(self.received).as_micros() as u64);
+        let queue_us = inner
+            .first_start
+            .map_or(0, |start| start.saturating_duration_since(self.received).as_micros() as u64);
         let done = EmbedDone {
             embeddings,
             tokens: inner.tokens,
@@ -276,7 +288,11 @@ impl Item {
 
     /// Answers an item that is no longer live: its deadline passed, or nobody waits for it any more.
     fn expire(self) {
-        let error = if self.pending.deadline_passed() { ServeError::DeadlineExceeded } else { ServeError::Internal("abandoned".into()) };
+        let error = if self.pending.deadline_passed() {
+            ServeError::DeadlineExceeded
+        } else {
+            ServeError::Internal("abandoned".into())
+        };
         self.fail(error);
     }
 }
@@ -298,7 +314,9 @@ impl queue::Queued for Item {
 impl Drop for Item {
     fn drop(&mut self) {
         if !self.answered {
-            self.pending.fail(ServeError::Internal("the inference device failed while running this request's batch".into()));
+            self.pending.fail(ServeError::Internal(
+                "the inference device failed while running this request's batch".into(),
+            ));
         }
     }
 }

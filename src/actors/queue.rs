@@ -57,7 +57,10 @@ const WINDOW_FACTOR: usize = 4;
 
 impl<T: Queued> Queues<T> {
     pub fn new(capacity: [usize; 3]) -> Queues<T> {
-        Queues { classes: Default::default(), capacity }
+        Queues {
+            classes: Default::default(),
+            capacity,
+        }
     }
 
     /// Queued items of a class.
@@ -106,7 +109,13 @@ impl<T: Queued> Queues<T> {
             picked.class = class;
             return Some(picked);
         }
-        (!expired.is_empty()).then(|| Picked { class: Priority::Bulk, items: Vec::new(), expired, padded_tokens: 0, real_tokens: 0 })
+        (!expired.is_empty()).then(|| Picked {
+            class: Priority::Bulk,
+            items: Vec::new(),
+            expired,
+            padded_tokens: 0,
+            real_tokens: 0,
+        })
     }
 }
 
@@ -148,7 +157,13 @@ fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
     }
     items.reverse();
     let real_tokens = items.iter().map(Queued::tokens).sum();
-    Picked { class: Priority::Normal, padded_tokens: items.len() * longest, real_tokens, items, expired }
+    Picked {
+        class: Priority::Normal,
+        padded_tokens: items.len() * longest,
+        real_tokens,
+        items,
+        expired,
+    }
 }
 
 #[cfg(test)]
@@ -206,7 +221,9 @@ mod tests {
     fn similar_lengths_are_grouped() {
         let mut queues = Queues::new([100, 100, 100]);
         let lengths = [10, 200, 12, 190, 11, 205, 9, 198];
-        queues.push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect()).unwrap();
+        queues
+            .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
+            .unwrap();
         let first = queues.pick(budget(4 * 12, 8)).unwrap();
         let mut ids: Vec<usize> = first.items.iter().map(|i| i.id).collect();
         ids.sort();
@@ -226,7 +243,24 @@ mod tests {
     #[test]
     fn dead_items_are_returned_not_run() {
         let mut queues = Queues::new([10, 10, 10]);
-        queues.push(Priority::Normal, vec![Item { id: 1, tokens: 5, live: false }, item(2, 5), Item { id: 3, tokens: 5, live: false }]).unwrap();
+        queues
+            .push(
+                Priority::Normal,
+                vec![
+                    Item {
+                        id: 1,
+                        tokens: 5,
+                        live: false,
+                    },
+                    item(2, 5),
+                    Item {
+                        id: 3,
+                        tokens: 5,
+                        live: false,
+                    },
+                ],
+            )
+            .unwrap();
         let picked = queues.pick(budget(100, 8)).unwrap();
         assert_eq!(picked.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2]);
         let mut expired: Vec<usize> = picked.expired.iter().map(|i| i.id).collect();

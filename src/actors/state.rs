@@ -73,6 +73,7 @@ pub(crate) struct DaemonState {
     padded_tokens: AtomicU64,
     real_tokens: AtomicU64,
     pub connections: AtomicU64,
+    pub in_flight: AtomicU64,
     errors: Mutex<BTreeMap<ErrorCode, u64>>,
     windows: Mutex<[VecDeque<Sample>; 3]>,
 }
@@ -116,6 +117,7 @@ impl DaemonState {
             padded_tokens: AtomicU64::new(0),
             real_tokens: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             windows: Mutex::new(Default::default()),
         }
@@ -150,7 +152,11 @@ impl DaemonState {
         let now = Instant::now();
         let mut windows = lock(&self.windows);
         let window = &mut windows[priority.index()];
-        window.push_back(Sample { at: now, latency_us: latency.as_micros() as u64, inputs: n_inputs as u32 });
+        window.push_back(Sample {
+            at: now,
+            latency_us: latency.as_micros() as u64,
+            inputs: n_inputs as u32,
+        });
         prune(window, now);
     }
 
@@ -194,7 +200,10 @@ impl DaemonState {
                 pooling: self.model.pooling.as_str().to_owned(),
             },
             devices: self.devices.iter().map(DeviceShared::status).collect(),
-            queues: Priority::ALL.iter().map(|p| (p.as_str().to_owned(), self.queued[p.index()].load(Ordering::Relaxed))).collect(),
+            queues: Priority::ALL
+                .iter()
+                .map(|p| (p.as_str().to_owned(), self.queued[p.index()].load(Ordering::Relaxed)))
+                .collect(),
             counters: Counters {
                 requests: self.requests.load(Ordering::Relaxed),
                 inputs: self.inputs.load(Ordering::Relaxed),
@@ -202,6 +211,7 @@ impl DaemonState {
                 batches: self.batches.load(Ordering::Relaxed),
                 errors: lock(&self.errors).iter().map(|(code, n)| (code.as_str().to_owned(), *n)).collect(),
                 connections: self.connections.load(Ordering::Relaxed),
+                in_flight: self.in_flight.load(Ordering::Relaxed),
             },
             latency_ms,
             mean_batch_size: ratio(&self.batch_inputs, &self.batches),
@@ -227,7 +237,11 @@ impl DaemonState {
             latency.insert(priority.as_str().to_owned(), percentiles(&mut micros));
         }
         let span = now.duration_since(self.started).min(WINDOW).as_secs_f64().max(1e-3);
-        let throughput = Throughput { window_s: span, requests_per_s: requests as f64 / span, inputs_per_s: inputs as f64 / span };
+        let throughput = Throughput {
+            window_s: span,
+            requests_per_s: requests as f64 / span,
+            inputs_per_s: inputs as f64 / span,
+        };
         (latency, throughput)
     }
 }
@@ -284,7 +298,13 @@ pub(crate) fn percentiles(micros: &mut [u64]) -> Percentiles {
         let rank = ((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len());
         micros[rank - 1] as f64 / 1000.0
     };
-    Percentiles { count: micros.len() as u64, p50: at(0.50), p95: at(0.95), p99: at(0.99), max: at(1.0) }
+    Percentiles {
+        count: micros.len() as u64,
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }
 }
 
 /// Locks a mutex, recovering from a panic elsewhere (the data are counters: still meaningful).

@@ -65,7 +65,11 @@ impl Actor for Supervisor {
 
     async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
         let devices_config = args.config.effective_devices();
-        let batcher_args = BatcherArgs { config: args.config.batcher.clone(), state: args.state.clone(), n_devices: devices_config.len() };
+        let batcher_args = BatcherArgs {
+            config: args.config.batcher.clone(),
+            state: args.state.clone(),
+            n_devices: devices_config.len(),
+        };
         let batcher = Batcher::spawn_with_mailbox(batcher_args, mailbox::bounded(MAILBOX));
         let batcher_cfg = &args.config.batcher;
         let mut devices = Vec::new();
@@ -94,10 +98,21 @@ impl Actor for Supervisor {
             devices.push(actor);
             startups.push(startup_rx);
         }
-        Ok(Supervisor { state: args.state, batcher, devices, device_ids, startups })
+        Ok(Supervisor {
+            state: args.state,
+            batcher,
+            devices,
+            device_ids,
+            startups,
+        })
     }
 
-    async fn on_link_died(&mut self, _actor_ref: WeakActorRef<Self>, id: ActorId, reason: ActorStopReason) -> Result<ControlFlow<ActorStopReason>, Self::Error> {
+    async fn on_link_died(
+        &mut self,
+        _actor_ref: WeakActorRef<Self>,
+        id: ActorId,
+        reason: ActorStopReason,
+    ) -> Result<ControlFlow<ActorStopReason>, Self::Error> {
         let Some(&index) = self.device_ids.get(&id) else {
             return Ok(ControlFlow::Continue(()));
         };
@@ -137,7 +152,15 @@ pub(crate) async fn start(args: SupervisorArgs) -> Started {
     let tokenizer = args.tokenizer.clone();
     let supervisor = Supervisor::spawn(args);
     let (batcher, _) = supervisor.ask(Children).await.expect("the supervisor starts without failing");
-    Started { handle: DaemonHandle { state, tokenizer, model, batcher }, supervisor }
+    Started {
+        handle: DaemonHandle {
+            state,
+            tokenizer,
+            model,
+            batcher,
+        },
+        supervisor,
+    }
 }
 
 // === impl Started ===
@@ -147,7 +170,11 @@ impl Started {
     pub async fn wait_ready(&self) -> Result<(), String> {
         let startups = self.supervisor.ask(Startups).await.map_err(|e| e.to_string())?;
         for (index, mut startup) in startups.into_iter().enumerate() {
-            let outcome = startup.wait_for(|s| *s != Startup::Pending).await.map_err(|e| e.to_string())?.clone();
+            let outcome = startup
+                .wait_for(|s| *s != Startup::Pending)
+                .await
+                .map_err(|e| e.to_string())?
+                .clone();
             if let Startup::Failed(message) = outcome {
                 return Err(format!("device {index}: {message}"));
             }
@@ -159,7 +186,9 @@ impl Started {
     /// Stops in order: fail what is still queued, stop the inference actors (letting a running batch finish),
     /// then the batcher and the supervisor. Waits at most `timeout` for each device.
     pub async fn stop(self, timeout: Duration) {
-        let Ok((batcher, devices)) = self.supervisor.ask(Children).await else { return };
+        let Ok((batcher, devices)) = self.supervisor.ask(Children).await else {
+            return;
+        };
         let _ = batcher.tell(Drain).send().await;
         for device in &devices {
             let _ = device.stop_gracefully().await;

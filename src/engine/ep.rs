@@ -142,8 +142,14 @@ pub(crate) fn gpu_name(device_id: u32) -> String {
 pub(crate) fn ort_version(build_info: &str, library: &Path) -> String {
     let from_build = build_info.split([',', ' ']).find_map(|part| part.strip_prefix("git-branch=rel-"));
     let file_name = library.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let from_file = file_name.split_once(".so.").map(|(_, version)| version.to_owned()).filter(|v| !v.is_empty());
-    from_build.map(str::to_owned).or(from_file).unwrap_or_else(|| build_info.trim().to_owned())
+    let from_file = file_name
+        .split_once(".so.")
+        .map(|(_, version)| version.to_owned())
+        .filter(|v| !v.is_empty());
+    from_build
+        .map(str::to_owned)
+        .or(from_file)
+        .unwrap_or_else(|| build_info.trim().to_owned())
 }
 
 fn hex(bytes: &[u8]) -> String {

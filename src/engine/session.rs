@@ -86,7 +86,11 @@ pub fn environment(path: &Path) -> Result<Environment, EngineError> {
 /// The ONNX Runtime version of the loaded library: from its build string when that names a release, else from the
 /// library's file name (`libonnxruntime.so.1.32.0`), else the whole build string (which carries the commit id).
 pub fn ort_version() -> String {
-    let library = ENVIRONMENT.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|(path, _)| path.clone());
+    let library = ENVIRONMENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .as_ref()
+        .map(|(path, _)| path.clone());
     let resolved = library.and_then(|path| path.canonicalize().ok()).unwrap_or_default();
     ep::ort_version(ort::info(), &resolved)
 }

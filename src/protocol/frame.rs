@@ -50,7 +50,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, limits: &FrameLimi
     let mut header = [0u8; 4];
     // The first byte waits under the idle timeout; the rest of the frame under the read timeout.
     let first = match limits.idle_timeout {
-        Some(idle) => tokio::time::timeout(idle, reader.read(&mut header[..1])).await.map_err(|_| FrameError::Idle(idle))??,
+        Some(idle) => tokio::time::timeout(idle, reader.read(&mut header[..1]))
+            .await
+            .map_err(|_| FrameError::Idle(idle))??,
         None => reader.read(&mut header[..1]).await?,
     };
     if first == 0 {
@@ -60,13 +62,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R, limits: &FrameLimi
         read_exact_or_truncated(reader, &mut header[1..]).await?;
         let len = u32::from_be_bytes(header);
         if len > limits.max_frame_bytes {
-            return Err(FrameError::TooLarge { len, max: limits.max_frame_bytes });
+            return Err(FrameError::TooLarge {
+                len,
+                max: limits.max_frame_bytes,
+            });
         }
         let mut body = vec![0u8; len as usize];
         read_exact_or_truncated(reader, &mut body).await?;
         Ok(body)
     };
-    let body = tokio::time::timeout(limits.read_timeout, rest).await.map_err(|_| FrameError::ReadTimeout(limits.read_timeout))??;
+    let body = tokio::time::timeout(limits.read_timeout, rest)
+        .await
+        .map_err(|_| FrameError::ReadTimeout(limits.read_timeout))??;
     Ok(Some(body))
 }
 
@@ -97,7 +104,11 @@ mod tests {
     use super::*;
 
     fn limits(max: u32) -> FrameLimits {
-        FrameLimits { max_frame_bytes: max, read_timeout: Duration::from_secs(1), idle_timeout: None }
+        FrameLimits {
+            max_frame_bytes: max,
+            read_timeout: Duration::from_secs(1),
+            idle_timeout: None,
+        }
     }
 
     #[tokio::test]
@@ -110,7 +121,10 @@ mod tests {
         }
         let mut reader = builder.build();
         assert_eq!(read_frame(&mut reader, &limits(64)).await.unwrap().unwrap(), b"hello");
-        assert!(read_frame(&mut reader, &limits(64)).await.unwrap().is_none(), "EOF between frames is a clean close");
+        assert!(
+            read_frame(&mut reader, &limits(64)).await.unwrap().is_none(),
+            "EOF between frames is a clean close"
+        );
     }
 
     #[tokio::test]
@@ -142,7 +156,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_times_out() {
         let (_client, mut server) = tokio::io::duplex(64);
-        let limits = FrameLimits { idle_timeout: Some(Duration::from_secs(5)), ..limits(64) };
+        let limits = FrameLimits {
+            idle_timeout: Some(Duration::from_secs(5)),
+            ..limits(64)
+        };
         assert!(matches!(read_frame(&mut server, &limits).await, Err(FrameError::Idle(_))));
     }
 

@@ -5,6 +5,7 @@
 //! but never reads stops being read from instead of making the daemon buffer without bound. A bad body gets an
 //! `invalid_request` reply and the connection goes on; only framing errors close it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ConnectionPolicy;
-use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, ServeError};
+use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, Phase, ServeError};
 use crate::engine::EmbedOptions;
 use crate::protocol::message::{
     decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Request,
@@ -50,8 +51,14 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(FrameError::TooLarge { len, max }) => {
-                let reply = ErrorReply::new(0, ErrorCode::FrameTooLarge, format!("frame of {len} bytes is over max_frame_bytes {max}"));
-                handle.state.record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::FrameTooLarge));
+                let reply = ErrorReply::new(
+                    0,
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {len} bytes is over max_frame_bytes {max}"),
+                );
+                handle
+                    .state
+                    .record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::FrameTooLarge));
                 permit.send(encode(&reply));
                 break;
             }
@@ -66,9 +73,24 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
                 handle.state.record_reply(None, received.elapsed(), 0, 0, Some(err.code));
                 permit.send(encode(&err.reply()));
             }
+            Ok(Request { id, op: Op::Embed(embed) }) if handle.state.phase() == Phase::Stopping => {
+                handle
+                    .state
+                    .record_reply(Some(embed.priority), received.elapsed(), 0, 0, Some(ErrorCode::ShuttingDown));
+                permit.send(encode(&ErrorReply::new(
+                    id,
+                    ErrorCode::ShuttingDown,
+                    ServeError::ShuttingDown.to_string(),
+                )));
+            }
             Ok(request) => {
                 let (handle, policy) = (handle.clone(), policy.clone());
-                requests.spawn(async move { permit.send(answer(&handle, &policy, request, received).await) });
+                handle.state.in_flight.fetch_add(1, Ordering::Relaxed);
+                requests.spawn(async move {
+                    let reply = answer(&handle, &policy, request, received).await;
+                    handle.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    permit.send(reply);
+                });
             }
         }
     }
@@ -100,7 +122,12 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
     match request.op {
         Op::Health => {
             state.record_reply(None, received.elapsed(), 0, 0, None);
-            encode(&HealthReply { v: PROTOCOL_VERSION, id, ok: true, status: state.health().to_owned() })
+            encode(&HealthReply {
+                v: PROTOCOL_VERSION,
+                id,
+                ok: true,
+                status: state.health().to_owned(),
+            })
         }
         Op::Info => {
             state.record_reply(None, received.elapsed(), 0, 0, None);
@@ -108,7 +135,12 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
         }
         Op::Status => {
             state.record_reply(None, received.elapsed(), 0, 0, None);
-            encode(&StatusReply { v: PROTOCOL_VERSION, id, ok: true, body: state.status() })
+            encode(&StatusReply {
+                v: PROTOCOL_VERSION,
+                id,
+                ok: true,
+                body: state.status(),
+            })
         }
         Op::Embed(embed) => {
             let priority = embed.priority;
@@ -133,7 +165,11 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
 
 fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
     EmbedJob {
-        options: EmbedOptions { truncate: embed.truncate, normalize: embed.normalize, dimensions: embed.dimensions },
+        options: EmbedOptions {
+            truncate: embed.truncate,
+            normalize: embed.normalize,
+            dimensions: embed.dimensions,
+        },
         priority: embed.priority,
         deadline: embed.deadline_ms.map(|ms| received + Duration::from_millis(ms)),
         received,
@@ -158,7 +194,11 @@ fn embed_reply(handle: &DaemonHandle, id: u64, done: EmbedDone, encoding: Encodi
         embeddings,
         tokens: done.tokens as u64,
         truncated: done.truncated.into_iter().map(|i| i as u64).collect(),
-        timing_us: Timing { queue: done.queue_us, inference: done.inference_us, total: latency.as_micros() as u64 },
+        timing_us: Timing {
+            queue: done.queue_us,
+            inference: done.inference_us,
+            total: latency.as_micros() as u64,
+        },
     }
 }
 

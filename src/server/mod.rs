@@ -50,7 +50,10 @@ pub(crate) struct Bound {
 
 /// Binds `path`: refuses if a live daemon answers there, replaces a stale socket file, sets the file mode.
 pub(crate) fn bind(path: &Path, mode: u32) -> Result<Bound, ServeError> {
-    let bind_error = |source: io::Error| ServeError::Bind { path: path.to_owned(), source };
+    let bind_error = |source: io::Error| ServeError::Bind {
+        path: path.to_owned(),
+        source,
+    };
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ServeError::AlreadyRunning(path.to_owned()));
@@ -65,7 +68,10 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<Bound, ServeError> {
     let listener = ListenerOptions::new().name(name).create_tokio().map_err(bind_error)?;
     // The umask applies at bind time; set the configured mode explicitly.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_error)?;
-    Ok(Bound { listener, path: Some(path.to_owned()) })
+    Ok(Bound {
+        listener,
+        path: Some(path.to_owned()),
+    })
 }
 
 /// Limits and allow-lists every connection follows.
@@ -139,7 +145,10 @@ pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerCon
     tracker.close();
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(grace_ms = config.shutdown_grace_ms, "grace period over; closing the remaining connections");
+        tracing::warn!(
+            grace_ms = config.shutdown_grace_ms,
+            "grace period over; closing the remaining connections"
+        );
         close_all.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
@@ -151,10 +160,16 @@ async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<Conne
     let gid = creds.as_ref().and_then(|c| c.egid()).map(|g| g as u32);
     if !policy.admits(uid, gid) {
         tracing::warn!(?uid, ?gid, "peer not in allowed_uids/allowed_gids; refusing");
-        let reply = ErrorReply::new(0, ErrorCode::PermissionDenied, format!("uid {uid:?} gid {gid:?} may not use this daemon"));
+        let reply = ErrorReply::new(
+            0,
+            ErrorCode::PermissionDenied,
+            format!("uid {uid:?} gid {gid:?} may not use this daemon"),
+        );
         let mut stream = stream;
         let _ = tokio::time::timeout(Duration::from_secs(1), write_frame(&mut stream, &encode(&reply))).await;
-        handle.state.record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::PermissionDenied));
+        handle
+            .state
+            .record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::PermissionDenied));
         return;
     }
     connection::run(stream, handle, policy, close).await;

@@ -81,3 +81,178 @@ pub fn model_info(dir: &Path) -> ModelInfo {
 pub fn cpu_engine(dir: &Path) -> OrtEngine {
     engine::load_engine(&env(), &model_info(dir), &DeviceConfig::default()).unwrap()
 }
+
+/// A real `akidbd` process on a temporary socket, killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub log: PathBuf,
+}
+
+/// The config every test daemon starts from: the default model, one CPU device with one thread (tests run side by
+/// side on two cores), a socket in a temp dir. `extra` is appended (later keys of a table win in our tests only
+/// through distinct tables, so pass whole tables).
+pub fn daemon_config(dir: &Path, extra: &str) -> String {
+    let server_extra = section(extra, "[server]");
+    let socket = if server_extra.contains("socket =") {
+        String::new()
+    } else {
+        format!("socket = {:?}\n", dir.join("embed.sock"))
+    };
+    format!(
+        "[server]\n{socket}shutdown_grace_ms = 5000\n{server_extra}\n[model]\ndir = {model:?}\n{rest}",
+        model = default_model_dir(),
+        rest = without_section(extra, "[server]"),
+    )
+}
+
+/// The body of `[name]` in `toml` (our test snippets keep each table in one place).
+fn section(toml: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in toml.lines() {
+        if line.trim_start().starts_with('[') {
+            inside = line.trim() == name;
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn without_section(toml: &str, name: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for line in toml.lines() {
+        if line.trim_start().starts_with('[') {
+            inside = line.trim() == name;
+        }
+        if !inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+const ONE_THREAD: &str = "\n[[devices]]\nep = \"cpu\"\nintra_threads = 1\n";
+
+impl Daemon {
+    /// Starts a daemon with the test config plus `extra` (which may carry its own `[[devices]]`), and waits until
+    /// it is ready.
+    pub fn start(extra: &str) -> Daemon {
+        let daemon = Daemon::spawn(extra, &[]);
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Starts a daemon without waiting.
+    pub fn spawn(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let devices = if extra.contains("[[devices]]") { "" } else { ONE_THREAD };
+        let config = daemon_config(dir.path(), &format!("{extra}\n{devices}"));
+        std::fs::write(dir.path().join("akidb.toml"), config).unwrap();
+        let log = dir.path().join("akidbd.log");
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_akidbd"));
+        command
+            .arg("--config")
+            .arg(dir.path().join("akidb.toml"))
+            .env("RUST_LOG", "info,ort=warn")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().unwrap();
+        Daemon {
+            child,
+            socket: dir.path().join("embed.sock"),
+            dir,
+            log,
+        }
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
+            if self.health().as_deref() == Some("ready") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("akidbd did not become ready; log:\n{}", self.log());
+    }
+
+    /// The daemon's health, or None while it cannot be reached.
+    pub fn health(&self) -> Option<String> {
+        // On a thread of its own, so that async tests may call it too.
+        let socket = self.socket.clone();
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let mut client = akidb::client::Client::connect(&socket).await.ok()?;
+                client.health().await.ok()
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub async fn client(&self) -> akidb::client::Client {
+        akidb::client::Client::connect(&self.socket).await.unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A runtime for blocking helpers.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Wraps a future in a timeout so that a hang fails the test instead of stalling CI.
+pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(secs), future)
+        .await
+        .expect("timed out")
+}

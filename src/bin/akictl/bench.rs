@@ -109,7 +109,9 @@ async fn bench(socket: &Path, args: &BenchArgs, mix: &[Priority], texts: &[Strin
     for conn in 0..args.concurrency.max(1) {
         let client = Client::connect(socket).await?;
         let (args, mix, texts, budget) = (args.clone(), mix.to_vec(), texts.to_vec(), budget.clone());
-        tasks.push(tokio::spawn(async move { connection(client, conn, &args, &mix, &texts, deadline, &budget).await }));
+        tasks.push(tokio::spawn(async move {
+            connection(client, conn, &args, &mix, &texts, deadline, &budget).await
+        }));
     }
     let mut total = Tally::default();
     for task in tasks {
@@ -165,9 +167,15 @@ async fn connection(
     loop {
         while in_flight.len() < args.depth.max(1) && Instant::now() < deadline && take_one(budget) {
             let class = mix[counter % mix.len()];
-            let batch: Vec<&String> = (0..args.batch.max(1)).map(|i| &texts[(counter * 31 + i * 17) % texts.len()]).collect();
+            let batch: Vec<&String> = (0..args.batch.max(1))
+                .map(|i| &texts[(counter * 31 + i * 17) % texts.len()])
+                .collect();
             counter += 1;
-            let params = EmbedParams { priority: Some(class), deadline_ms: args.deadline_ms, ..EmbedParams::default() };
+            let params = EmbedParams {
+                priority: Some(class),
+                deadline_ms: args.deadline_ms,
+                ..EmbedParams::default()
+            };
             let id = client.send(embed_request(&batch, &params)).await?;
             in_flight.insert(id, (Instant::now(), class, batch.len()));
         }
@@ -194,7 +202,11 @@ async fn connection(
 }
 
 fn take_one(budget: &std::sync::atomic::AtomicU64) -> bool {
-    budget.fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| n.checked_sub(1)).is_ok()
+    budget
+        .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+            n.checked_sub(1)
+        })
+        .is_ok()
 }
 
 /// "realtime=1,normal=8" → a cycle of classes with those weights; "bulk" → only bulk.
@@ -211,7 +223,10 @@ fn parse_mix(text: &str) -> Option<Vec<Priority>> {
     }
     // Interleave so that classes alternate instead of running in blocks.
     let mut interleaved = Vec::with_capacity(cycle.len());
-    let mut by_class: Vec<Vec<Priority>> = Priority::ALL.iter().map(|c| cycle.iter().copied().filter(|x| x == c).collect()).collect();
+    let mut by_class: Vec<Vec<Priority>> = Priority::ALL
+        .iter()
+        .map(|c| cycle.iter().copied().filter(|x| x == c).collect())
+        .collect();
     while by_class.iter().any(|v| !v.is_empty()) {
         for v in by_class.iter_mut() {
             interleaved.extend(v.pop());
@@ -221,16 +236,60 @@ fn parse_mix(text: &str) -> Option<Vec<Priority>> {
 }
 
 const WORDS: &[&str] = &[
-    "robot", "arm", "grasp", "the", "red", "cup", "on", "table", "move", "left", "camera", "sees", "a", "person", "near", "door",
-    "battery", "low", "return", "to", "dock", "obstacle", "ahead", "slow", "down", "map", "kitchen", "pick", "up", "blue", "box",
-    "navigate", "hallway", "open", "drawer", "sensor", "reading", "high", "temperature", "warning", "lidar", "point", "cloud",
+    "robot",
+    "arm",
+    "grasp",
+    "the",
+    "red",
+    "cup",
+    "on",
+    "table",
+    "move",
+    "left",
+    "camera",
+    "sees",
+    "a",
+    "person",
+    "near",
+    "door",
+    "battery",
+    "low",
+    "return",
+    "to",
+    "dock",
+    "obstacle",
+    "ahead",
+    "slow",
+    "down",
+    "map",
+    "kitchen",
+    "pick",
+    "up",
+    "blue",
+    "box",
+    "navigate",
+    "hallway",
+    "open",
+    "drawer",
+    "sensor",
+    "reading",
+    "high",
+    "temperature",
+    "warning",
+    "lidar",
+    "point",
+    "cloud",
 ];
 
 fn load_texts(args: &BenchArgs) -> Result<Vec<String>, String> {
     if let Some(path) = &args.texts {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let texts: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect();
-        return if texts.is_empty() { Err(format!("{} has no texts", path.display())) } else { Ok(texts) };
+        return if texts.is_empty() {
+            Err(format!("{} has no texts", path.display()))
+        } else {
+            Ok(texts)
+        };
     }
     let (min, max) = args
         .words
@@ -256,24 +315,45 @@ fn load_texts(args: &BenchArgs) -> Result<Vec<String>, String> {
 fn percentiles(micros: &mut [u64]) -> Percentiles {
     micros.sort_unstable();
     let at = |q: f64| micros[((q * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1] as f64 / 1000.0;
-    Percentiles { count: micros.len() as u64, p50: at(0.5), p95: at(0.95), p99: at(0.99), max: at(1.0) }
+    Percentiles {
+        count: micros.len() as u64,
+        p50: at(0.5),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+    }
 }
 
 fn render(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "bench: {} connections x depth {}, batch {}, {:.1} s", report.connections, report.depth, report.batch, report.elapsed_s);
+    let _ = writeln!(
+        out,
+        "bench: {} connections x depth {}, batch {}, {:.1} s",
+        report.connections, report.depth, report.batch, report.elapsed_s
+    );
     let _ = writeln!(
         out,
         "ok {} of {} requests  {:.1} req/s  {:.1} inputs/s  {:.0} tokens/s",
         report.ok, report.requests, report.requests_per_s, report.inputs_per_s, report.tokens_per_s
     );
-    let _ = writeln!(out, "{:<10}{:>8}{:>10}{:>10}{:>10}{:>10}", "class", "count", "p50 ms", "p95 ms", "p99 ms", "max ms");
+    let _ = writeln!(
+        out,
+        "{:<10}{:>8}{:>10}{:>10}{:>10}{:>10}",
+        "class", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
     for (class, p) in &report.latency_ms {
-        let _ = writeln!(out, "{class:<10}{:>8}{:>10.2}{:>10.2}{:>10.2}{:>10.2}", p.count, p.p50, p.p95, p.p99, p.max);
+        let _ = writeln!(
+            out,
+            "{class:<10}{:>8}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
+            p.count, p.p50, p.p95, p.p99, p.max
+        );
     }
     let errors: Vec<String> = report.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();
-    let _ = writeln!(out, "errors: {}", if errors.is_empty() { "none".to_owned() } else { errors.join(", ") });
+    let _ = writeln!(
+        out,
+        "errors: {}",
+        if errors.is_empty() { "none".to_owned() } else { errors.join(", ") }
+    );
     out
 }
-

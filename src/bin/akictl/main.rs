@@ -74,7 +74,10 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     let socket = args.socket.clone().unwrap_or_else(akidb::config::default_socket_path);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(run(args.command, &socket))
 }
 
@@ -83,12 +86,25 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
         Command::Status { json, watch } => status(socket, json, watch).await,
         Command::Health => health(socket).await,
         Command::Info => info(socket).await,
-        Command::Embed { texts, priority, dimensions, normalize, no_truncate, batch } => {
+        Command::Embed {
+            texts,
+            priority,
+            dimensions,
+            normalize,
+            no_truncate,
+            batch,
+        } => {
             let Some(priority) = Priority::parse(&priority) else {
                 eprintln!("akictl: --priority must be realtime, normal or bulk");
                 return ExitCode::from(EXIT_USAGE);
             };
-            let params = EmbedParams { priority: Some(priority), dimensions, normalize, truncate: Some(!no_truncate), ..EmbedParams::default() };
+            let params = EmbedParams {
+                priority: Some(priority),
+                dimensions,
+                normalize,
+                truncate: Some(!no_truncate),
+                ..EmbedParams::default()
+            };
             embed(socket, texts, params, batch.max(1)).await
         }
         Command::Bench(bench_args) => bench::run(socket, bench_args).await,
@@ -103,7 +119,9 @@ fn fail(socket: &Path, err: &ClientError) -> ExitCode {
         ClientError::Connect { source, .. } => {
             eprintln!("akictl: cannot reach akidbd at {}: {source}", socket.display());
             let hint = match source.kind() {
-                std::io::ErrorKind::PermissionDenied => "your user may not open the socket: join the daemon's group (SocketGroup) or use sudo",
+                std::io::ErrorKind::PermissionDenied => {
+                    "your user may not open the socket: join the daemon's group (SocketGroup) or use sudo"
+                }
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
                     "is akidbd running? check `systemctl status akidbd` / `journalctl -u akidbd`, or pass --socket PATH"
                 }

@@ -12,9 +12,20 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     let _ = writeln!(out, "akidbd {}  {}  up {uptime}", status.version, status.status.to_uppercase());
     let _ = writeln!(out, "socket  {}", clip(&socket.display().to_string(), 72));
     let model = &status.model;
-    let _ = writeln!(out, "model   {} (dim {}, max {} tokens, {} pooling)", clip(&model.name, 32), model.dim, model.max_tokens, model.pooling);
+    let _ = writeln!(
+        out,
+        "model   {} (dim {}, max {} tokens, {} pooling)",
+        clip(&model.name, 32),
+        model.dim,
+        model.max_tokens,
+        model.pooling
+    );
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<4}{:<10}{:<10}{:<11}{:>9}{:>12}{:>14}", "DEV", "KIND", "EP", "STATE", "RESTARTS", "BATCHES", "INPUTS");
+    let _ = writeln!(
+        out,
+        "{:<4}{:<10}{:<10}{:<11}{:>9}{:>12}{:>14}",
+        "DEV", "KIND", "EP", "STATE", "RESTARTS", "BATCHES", "INPUTS"
+    );
     for device in &status.devices {
         let _ = writeln!(
             out,
@@ -32,18 +43,38 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
         }
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<10}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}", "CLASS", "QUEUED", "REQS/60s", "p50 ms", "p95 ms", "p99 ms", "max ms");
+    let _ = writeln!(
+        out,
+        "{:<10}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}",
+        "CLASS", "QUEUED", "REQS/60s", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
     for class in ["realtime", "normal", "bulk"] {
         let queued = status.queues.get(class).copied().unwrap_or(0);
         let p = status.latency_ms.get(class).copied().unwrap_or_default();
-        let _ = writeln!(out, "{class:<10}{queued:>8}{:>10}{:>10.1}{:>10.1}{:>10.1}{:>10.1}", p.count, p.p50, p.p95, p.p99, p.max);
+        let _ = writeln!(
+            out,
+            "{class:<10}{queued:>8}{:>10}{:>10.1}{:>10.1}{:>10.1}{:>10.1}",
+            p.count, p.p50, p.p95, p.p99, p.max
+        );
     }
     let _ = writeln!(out);
     let t = &status.throughput;
-    let _ = writeln!(out, "throughput  {:.1} req/s  {:.1} inputs/s  (last {:.0} s)", t.requests_per_s, t.inputs_per_s, t.window_s);
-    let _ = writeln!(out, "batches     {}  mean size {:.1}  padding ratio {:.2}", status.counters.batches, status.mean_batch_size, status.padding_ratio);
+    let _ = writeln!(
+        out,
+        "throughput  {:.1} req/s  {:.1} inputs/s  (last {:.0} s)",
+        t.requests_per_s, t.inputs_per_s, t.window_s
+    );
+    let _ = writeln!(
+        out,
+        "batches     {}  mean size {:.1}  padding ratio {:.2}",
+        status.counters.batches, status.mean_batch_size, status.padding_ratio
+    );
     let c = &status.counters;
-    let _ = writeln!(out, "totals      {} requests  {} inputs  {} tokens  {} connections", c.requests, c.inputs, c.tokens, c.connections);
+    let _ = writeln!(
+        out,
+        "totals      {} requests  {} inputs  {} tokens  {} connections",
+        c.requests, c.inputs, c.tokens, c.connections
+    );
     let errors: Vec<String> = c.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
     let errors = if errors.is_empty() { "none".to_owned() } else { errors.join(", ") };
     let _ = writeln!(out, "errors      {}", clip(&errors, 68));
@@ -62,16 +93,49 @@ pub fn prometheus(status: &StatusBody) -> String {
     };
     let ready = if status.status == "ready" { 1.0 } else { 0.0 };
     metric("up", "gauge", "1 when the daemon is ready.", vec![(String::new(), ready)]);
-    metric("uptime_seconds", "gauge", "Seconds since the daemon started.", vec![(String::new(), status.uptime_s)]);
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        vec![(String::new(), status.uptime_s)],
+    );
     let c = &status.counters;
-    metric("requests_total", "counter", "Requests answered.", vec![(String::new(), c.requests as f64)]);
-    metric("inputs_total", "counter", "Inputs embedded.", vec![(String::new(), c.inputs as f64)]);
-    metric("tokens_total", "counter", "Tokens embedded.", vec![(String::new(), c.tokens as f64)]);
+    metric(
+        "requests_total",
+        "counter",
+        "Requests answered.",
+        vec![(String::new(), c.requests as f64)],
+    );
+    metric(
+        "inputs_total",
+        "counter",
+        "Inputs embedded.",
+        vec![(String::new(), c.inputs as f64)],
+    );
+    metric(
+        "tokens_total",
+        "counter",
+        "Tokens embedded.",
+        vec![(String::new(), c.tokens as f64)],
+    );
     metric("batches_total", "counter", "Batches run.", vec![(String::new(), c.batches as f64)]);
-    metric("connections_total", "counter", "Connections accepted.", vec![(String::new(), c.connections as f64)]);
-    let errors = c.errors.iter().map(|(code, n)| (format!("{{code=\"{}\"}}", escape(code)), *n as f64)).collect();
+    metric(
+        "connections_total",
+        "counter",
+        "Connections accepted.",
+        vec![(String::new(), c.connections as f64)],
+    );
+    let errors = c
+        .errors
+        .iter()
+        .map(|(code, n)| (format!("{{code=\"{}\"}}", escape(code)), *n as f64))
+        .collect();
     metric("errors_total", "counter", "Error replies by code.", errors);
-    let queues = status.queues.iter().map(|(class, n)| (format!("{{class=\"{}\"}}", escape(class)), *n as f64)).collect();
+    let queues = status
+        .queues
+        .iter()
+        .map(|(class, n)| (format!("{{class=\"{}\"}}", escape(class)), *n as f64))
+        .collect();
     metric("queued_inputs", "gauge", "Inputs waiting per priority class.", queues);
     let mut latency = Vec::new();
     for (class, p) in &status.latency_ms {
@@ -80,8 +144,18 @@ pub fn prometheus(status: &StatusBody) -> String {
         }
     }
     metric("latency_seconds", "gauge", "Request latency quantiles over the last 60 s.", latency);
-    metric("padding_ratio", "gauge", "Padded tokens per real token.", vec![(String::new(), status.padding_ratio)]);
-    metric("mean_batch_size", "gauge", "Mean inputs per batch.", vec![(String::new(), status.mean_batch_size)]);
+    metric(
+        "padding_ratio",
+        "gauge",
+        "Padded tokens per real token.",
+        vec![(String::new(), status.padding_ratio)],
+    );
+    metric(
+        "mean_batch_size",
+        "gauge",
+        "Mean inputs per batch.",
+        vec![(String::new(), status.mean_batch_size)],
+    );
     let mut devices = Vec::new();
     let mut restarts = Vec::new();
     for d in &status.devices {

@@ -358,6 +358,9 @@ pub struct Counters {
     pub errors: BTreeMap<String, u64>,
     /// Connections accepted.
     pub connections: u64,
+    /// Requests read and not yet answered.
+    #[serde(default)]
+    pub in_flight: u64,
 }
 
 /// Latency percentiles in ms.
@@ -470,7 +473,11 @@ impl Priority {
 
 impl RequestError {
     fn new(id: u64, code: ErrorCode, message: impl Into<String>) -> RequestError {
-        RequestError { id, code, message: message.into() }
+        RequestError {
+            id,
+            code,
+            message: message.into(),
+        }
     }
 
     /// The error reply for this error.
@@ -482,7 +489,15 @@ impl RequestError {
 impl ErrorReply {
     /// Builds an error reply.
     pub fn new(id: u64, code: ErrorCode, message: impl Into<String>) -> ErrorReply {
-        ErrorReply { v: PROTOCOL_VERSION, id, ok: false, error: ErrorBody { code, message: message.into() } }
+        ErrorReply {
+            v: PROTOCOL_VERSION,
+            id,
+            ok: false,
+            error: ErrorBody {
+                code,
+                message: message.into(),
+            },
+        }
     }
 }
 
@@ -527,7 +542,11 @@ fn check_request(raw: RawRequest, max_inputs: usize) -> Result<Request, RequestE
     };
     let version = raw.v.unwrap_or(PROTOCOL_VERSION);
     if version != PROTOCOL_VERSION {
-        return Err(RequestError::new(id, ErrorCode::UnsupportedVersion, format!("protocol version {version} is not supported (this daemon speaks 1)")));
+        return Err(RequestError::new(
+            id,
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {version} is not supported (this daemon speaks 1)"),
+        ));
     }
     let Some(op) = raw.op.as_deref() else {
         return Err(RequestError::new(id, ErrorCode::InvalidRequest, "missing op"));
@@ -539,19 +558,29 @@ fn check_request(raw: RawRequest, max_inputs: usize) -> Result<Request, RequestE
         "status" => Op::Status,
         other => {
             let shown: String = other.chars().take(64).collect();
-            return Err(RequestError::new(id, ErrorCode::UnknownOp, format!("unknown op {shown:?} (known: embed, health, info, status)")));
+            return Err(RequestError::new(
+                id,
+                ErrorCode::UnknownOp,
+                format!("unknown op {shown:?} (known: embed, health, info, status)"),
+            ));
         }
     };
     Ok(Request { id, op })
 }
 
 fn check_embed(id: u64, raw: RawRequest, max_inputs: usize) -> Result<EmbedRequest, RequestError> {
-    let inputs = raw.inputs.ok_or_else(|| RequestError::new(id, ErrorCode::InvalidRequest, "embed needs inputs"))?;
+    let inputs = raw
+        .inputs
+        .ok_or_else(|| RequestError::new(id, ErrorCode::InvalidRequest, "embed needs inputs"))?;
     if inputs.is_empty() {
         return Err(RequestError::new(id, ErrorCode::InvalidRequest, "inputs is empty"));
     }
     if inputs.len() > max_inputs {
-        return Err(RequestError::new(id, ErrorCode::TooManyInputs, format!("{} inputs, at most {max_inputs} per request", inputs.len())));
+        return Err(RequestError::new(
+            id,
+            ErrorCode::TooManyInputs,
+            format!("{} inputs, at most {max_inputs} per request", inputs.len()),
+        ));
     }
     let dimensions = match raw.dimensions {
         Some(0) => return Err(RequestError::new(id, ErrorCode::InvalidRequest, "dimensions must be at least 1")),
@@ -590,7 +619,10 @@ pub fn unpack_f32(bytes: &[u8], dim: usize) -> Option<Vec<Vec<f32>>> {
     if dim == 0 || bytes.len() % (dim * 4) != 0 {
         return None;
     }
-    let floats: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let floats: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Some(floats.chunks_exact(dim).map(<[f32]>::to_vec).collect())
 }
 

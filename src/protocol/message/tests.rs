@@ -7,7 +7,12 @@ fn body(raw: &RawRequest) -> Vec<u8> {
 }
 
 fn embed(inputs: &[&str]) -> RawRequest {
-    RawRequest { id: Some(7), op: Some("embed".into()), inputs: Some(inputs.iter().map(|s| s.to_string()).collect()), ..RawRequest::default() }
+    RawRequest {
+        id: Some(7),
+        op: Some("embed".into()),
+        inputs: Some(inputs.iter().map(|s| s.to_string()).collect()),
+        ..RawRequest::default()
+    }
 }
 
 #[test]
@@ -17,7 +22,10 @@ fn a_minimal_embed_request_gets_the_defaults() {
     let Op::Embed(embed) = request.op else { panic!() };
     assert_eq!(embed.inputs, vec!["hi"]);
     assert!(embed.truncate);
-    assert_eq!((embed.priority, embed.encoding, embed.normalize, embed.dimensions), (Priority::Normal, Encoding::F32, None, None));
+    assert_eq!(
+        (embed.priority, embed.encoding, embed.normalize, embed.dimensions),
+        (Priority::Normal, Encoding::F32, None, None)
+    );
 }
 
 #[test]
@@ -32,9 +40,18 @@ fn every_field_is_read() {
         encoding: Some(Encoding::Array),
         ..embed(&["a", "b"])
     };
-    let Op::Embed(embed) = decode_request(&body(&raw), 8).unwrap().op else { panic!() };
+    let Op::Embed(embed) = decode_request(&body(&raw), 8).unwrap().op else {
+        panic!()
+    };
     assert_eq!(
-        (embed.normalize, embed.truncate, embed.dimensions, embed.priority, embed.deadline_ms, embed.encoding),
+        (
+            embed.normalize,
+            embed.truncate,
+            embed.dimensions,
+            embed.priority,
+            embed.deadline_ms,
+            embed.encoding
+        ),
         (Some(false), false, Some(64), Priority::Realtime, Some(5), Encoding::Array)
     );
 }
@@ -46,12 +63,31 @@ fn code_of(bytes: &[u8]) -> (u64, ErrorCode) {
 
 #[test]
 fn bad_requests_get_the_right_code_and_id() {
-    assert_eq!(code_of(&body(&RawRequest { v: Some(2), ..embed(&["x"]) })), (7, ErrorCode::UnsupportedVersion));
-    assert_eq!(code_of(&body(&RawRequest { op: Some("fly".into()), ..embed(&["x"]) })), (7, ErrorCode::UnknownOp));
+    assert_eq!(
+        code_of(&body(&RawRequest {
+            v: Some(2),
+            ..embed(&["x"])
+        })),
+        (7, ErrorCode::UnsupportedVersion)
+    );
+    assert_eq!(
+        code_of(&body(&RawRequest {
+            op: Some("fly".into()),
+            ..embed(&["x"])
+        })),
+        (7, ErrorCode::UnknownOp)
+    );
     assert_eq!(code_of(&body(&embed(&["a", "b", "c", "d", "e"]))), (7, ErrorCode::TooManyInputs));
     assert_eq!(code_of(&body(&embed(&[]))), (7, ErrorCode::InvalidRequest));
-    assert_eq!(code_of(&body(&RawRequest { id: None, ..embed(&["x"]) })), (0, ErrorCode::InvalidRequest));
-    assert_eq!(code_of(b"\x93\x01\x02\x03"), (0, ErrorCode::InvalidRequest), "an array is not a map");
+    assert_eq!(
+        code_of(&body(&RawRequest { id: None, ..embed(&["x"]) })),
+        (0, ErrorCode::InvalidRequest)
+    );
+    assert_eq!(
+        code_of(b"\x93\x01\x02\x03"),
+        (0, ErrorCode::InvalidRequest),
+        "an array is not a map"
+    );
     assert_eq!(code_of(b""), (0, ErrorCode::InvalidRequest));
     assert_eq!(code_of(b"\xc1"), (0, ErrorCode::InvalidRequest));
 }
@@ -64,7 +100,12 @@ fn wrong_types_keep_the_id_when_it_is_readable() {
         op: &'static str,
         inputs: u64,
     }
-    let bytes = rmp_serde::to_vec_named(&Wrong { id: 42, op: "embed", inputs: 3 }).unwrap();
+    let bytes = rmp_serde::to_vec_named(&Wrong {
+        id: 42,
+        op: "embed",
+        inputs: 3,
+    })
+    .unwrap();
     assert_eq!(code_of(&bytes), (42, ErrorCode::InvalidRequest));
     #[derive(Serialize)]
     struct WrongPriority {
@@ -73,7 +114,13 @@ fn wrong_types_keep_the_id_when_it_is_readable() {
         inputs: Vec<&'static str>,
         priority: &'static str,
     }
-    let bytes = rmp_serde::to_vec_named(&WrongPriority { id: 43, op: "embed", inputs: vec!["x"], priority: "urgent" }).unwrap();
+    let bytes = rmp_serde::to_vec_named(&WrongPriority {
+        id: 43,
+        op: "embed",
+        inputs: vec!["x"],
+        priority: "urgent",
+    })
+    .unwrap();
     assert_eq!(code_of(&bytes), (43, ErrorCode::InvalidRequest));
 }
 
@@ -119,12 +166,25 @@ fn responses_are_maps_with_string_keys() {
 
 #[test]
 fn status_reply_is_flat_and_round_trips() {
-    let reply = StatusReply { v: 1, id: 3, ok: true, body: StatusBody { status: "ready".into(), uptime_s: 1.5, ..StatusBody::default() } };
+    let reply = StatusReply {
+        v: 1,
+        id: 3,
+        ok: true,
+        body: StatusBody {
+            status: "ready".into(),
+            uptime_s: 1.5,
+            ..StatusBody::default()
+        },
+    };
     let bytes = encode(&reply);
     let back: StatusReply = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!(back, reply);
     let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
-    assert!(value.as_map().unwrap().iter().any(|(k, v)| k.as_str() == Some("status") && v.as_str() == Some("ready")));
+    assert!(value
+        .as_map()
+        .unwrap()
+        .iter()
+        .any(|(k, v)| k.as_str() == Some("status") && v.as_str() == Some("ready")));
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub const DEFAULT_QUEUE_NORMAL: usize = 4096;
 pub const DEFAULT_QUEUE_BULK: usize = 16384;
 /// Default sequence lengths run at warm-up (each clamped to the model's max tokens).
 pub const DEFAULT_WARMUP_SEQ_LENGTHS: [usize; 3] = [16, 128, 256];
+/// Default time after the last realtime request during which batches stay sized for realtime latency.
+pub const DEFAULT_REALTIME_HORIZON_MS: u64 = 10_000;
 /// Default number of batches prepared ahead for each device.
 pub const DEFAULT_PREFETCH: usize = 1;
 /// Default restart limit for an inference actor (restarts within [`DEFAULT_RESTART_WINDOW_S`]).
@@ -191,6 +193,11 @@ pub struct BatcherConfig {
     pub max_wait_us: u64,
     /// A realtime request should not wait behind running work longer than this.
     pub realtime_max_wait_ms: u64,
+    /// For this long after a realtime request, normal and bulk batches are kept short enough for
+    /// `realtime_max_wait_ms` and nothing is prepared ahead; without realtime traffic batches use the full budget.
+    pub realtime_horizon_ms: u64,
+    /// Group inputs of similar length into a batch (false: plain FIFO, for comparison).
+    pub group_by_length: bool,
     /// Queue capacities, in inputs, per priority class.
     pub queue_capacity: QueueCapacity,
     /// Sequence lengths run at warm-up.
@@ -490,6 +497,8 @@ impl Default for BatcherConfig {
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             max_wait_us: DEFAULT_MAX_WAIT_US,
             realtime_max_wait_ms: DEFAULT_REALTIME_MAX_WAIT_MS,
+            realtime_horizon_ms: DEFAULT_REALTIME_HORIZON_MS,
+            group_by_length: true,
             queue_capacity: QueueCapacity::default(),
             warmup_seq_lengths: DEFAULT_WARMUP_SEQ_LENGTHS.to_vec(),
             prefetch: DEFAULT_PREFETCH,

@@ -1,11 +1,17 @@
 //! The batcher actor: queues inputs per priority class and hands batches to idle inference actors.
 //!
 //! Inference actors pull: the batcher sends a device a batch only while it has fewer than `1 + prefetch` batches
-//! outstanding, so an idle device gets work at once and a busy one has exactly `prefetch` batches waiting.
-//! Normal and bulk batches are sized from the measured cost per padded token so that no batch runs longer than
-//! `realtime_max_wait_ms / (1 + prefetch)`: a realtime request arriving behind them waits at most
-//! `realtime_max_wait_ms`. Realtime batches are bounded by `max_batch_tokens` and `max_batch_size` only.
+//! outstanding, so an idle device gets work at once. The batch prepared ahead is formed just in time: shortly
+//! before the running batch is predicted to end (from the measured cost per token), so that it takes in every
+//! request that arrived meanwhile instead of splitting the traffic into two half-size batches.
+//!
+//! While realtime traffic may arrive (a realtime request was seen within `realtime_horizon_ms`), normal and bulk
+//! batches are sized from the measured cost per padded token so that none runs longer than `realtime_max_wait_ms`,
+//! and nothing is prepared ahead: a realtime request then waits behind at most one such batch. Without recent
+//! realtime traffic they use the full `max_batch_tokens` and the prefetch, for throughput. Realtime batches are
+//! bounded by `max_batch_tokens` and `max_batch_size` only.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,18 +39,28 @@ pub(crate) struct Batcher {
     state: Arc<DaemonState>,
     self_ref: ActorRef<Batcher>,
     wake_at: Option<Instant>,
+    last_realtime: Option<Instant>,
+    /// After a batch of n inputs finishes, its clients are likely to send again within moments: an idle device
+    /// waits until this deadline for up to n inputs instead of running a nearly empty batch.
+    refill: Option<(Instant, usize)>,
 }
 
 struct Worker {
+    /// Batches this device may have prepared ahead.
+    prefetch: usize,
     actor: Option<ActorRef<InferenceActor>>,
-    outstanding: usize,
+    /// Predicted run time of each batch sent and not yet done, oldest (running) first.
+    outstanding: VecDeque<Duration>,
+    /// When the batches sent are predicted to be done.
+    busy_until: Instant,
     lost: bool,
 }
 
 pub(crate) struct BatcherArgs {
     pub config: BatcherConfig,
     pub state: Arc<DaemonState>,
-    pub n_devices: usize,
+    /// Batches prepared ahead, per device.
+    pub prefetch: Vec<usize>,
 }
 
 /// A request's inputs, all queued or none.
@@ -62,6 +78,7 @@ pub(crate) struct WorkerUp {
 /// An inference actor finished a batch.
 pub(crate) struct BatchDone {
     pub index: usize,
+    pub n_items: usize,
     pub padded_tokens: usize,
     pub elapsed: Duration,
 }
@@ -93,10 +110,14 @@ impl Actor for Batcher {
         let caps = &args.config.queue_capacity;
         Ok(Batcher {
             queues: Queues::new([caps.realtime, caps.normal, caps.bulk]),
-            workers: (0..args.n_devices)
-                .map(|_| Worker {
+            workers: args
+                .prefetch
+                .iter()
+                .map(|&prefetch| Worker {
+                    prefetch,
                     actor: None,
-                    outstanding: 0,
+                    outstanding: VecDeque::new(),
+                    busy_until: Instant::now(),
                     lost: false,
                 })
                 .collect(),
@@ -105,22 +126,31 @@ impl Actor for Batcher {
             state: args.state,
             self_ref: actor_ref,
             wake_at: None,
+            last_realtime: None,
+            refill: None,
         })
     }
 }
 
 impl Batcher {
-    fn budget(&self, class: Priority) -> Budget {
+    /// Whether a realtime request was seen recently enough that more may arrive.
+    fn realtime_active(&self) -> bool {
+        let horizon = Duration::from_millis(self.config.realtime_horizon_ms);
+        self.last_realtime.is_some_and(|at| at.elapsed() < horizon)
+    }
+
+    fn budget(&self, class: Priority, realtime_active: bool) -> Budget {
         let mut max_tokens = self.config.max_batch_tokens;
-        if class != Priority::Realtime {
+        if class != Priority::Realtime && realtime_active {
             if let Some(ms_per_token) = self.ms_per_token {
-                let share = self.config.realtime_max_wait_ms as f64 / (1 + self.config.prefetch) as f64;
-                max_tokens = max_tokens.min((share / ms_per_token.max(1e-9)) as usize).max(1);
+                let allowed = self.config.realtime_max_wait_ms as f64 / ms_per_token.max(1e-9);
+                max_tokens = max_tokens.min(allowed as usize).max(1);
             }
         }
         Budget {
             max_tokens,
             max_size: self.config.max_batch_size,
+            group_by_length: self.config.group_by_length,
         }
     }
 
@@ -145,12 +175,70 @@ impl Batcher {
         self.workers.iter().all(|w| w.lost)
     }
 
-    /// The least-loaded device that can take one more batch.
-    fn free_worker(&self) -> Option<usize> {
-        let limit = 1 + self.config.prefetch;
-        (0..self.workers.len())
-            .filter(|&i| self.workers[i].actor.is_some() && !self.workers[i].lost && self.workers[i].outstanding < limit)
-            .min_by_key(|&i| self.workers[i].outstanding)
+    /// An idle device, else a busy one whose running batch is about to end and that may get a batch prepared
+    /// ahead. When a device will be ready for its prepared batch only later, a wake-up is scheduled for then.
+    fn free_worker(&mut self, realtime_active: bool) -> Option<usize> {
+        let now = Instant::now();
+        let mut earliest: Option<Instant> = None;
+        let mut best: Option<usize> = None;
+        for (index, worker) in self.workers.iter().enumerate() {
+            let limit = if realtime_active { 1 } else { 1 + worker.prefetch };
+            if worker.actor.is_none() || worker.lost || worker.outstanding.len() >= limit {
+                continue;
+            }
+            if worker.outstanding.is_empty() {
+                return Some(index);
+            }
+            // Prepare the next batch a little before the running ones end: 10% of their predicted time, >= 0.5 ms.
+            let lead = worker
+                .outstanding
+                .iter()
+                .sum::<Duration>()
+                .mul_f64(0.1)
+                .max(Duration::from_micros(500));
+            let ready_at = worker.busy_until.checked_sub(lead).unwrap_or(now);
+            if ready_at <= now {
+                best = best.or(Some(index));
+            } else {
+                earliest = Some(earliest.map_or(ready_at, |e| e.min(ready_at)));
+            }
+        }
+        if best.is_none() {
+            if let Some(at) = earliest {
+                self.wake_at_least(at);
+            }
+        }
+        best
+    }
+
+    /// Makes sure a `Wake` arrives at `at` or earlier.
+    fn wake_at_least(&mut self, at: Instant) {
+        if self.wake_at.is_some_and(|pending| pending <= at) {
+            return;
+        }
+        self.wake_at = Some(at);
+        let actor = self.self_ref.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            let _ = actor.tell(Wake).try_send();
+        });
+    }
+
+    fn predicted(&self, padded_tokens: usize) -> Duration {
+        self.ms_per_token
+            .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms * padded_tokens as f64 / 1000.0))
+    }
+
+    /// Whether an idle device should wait a moment longer for the clients of the batch that just finished.
+    fn awaiting_refill(&mut self) -> bool {
+        let Some((deadline, expected)) = self.refill else { return false };
+        let queued: usize = Priority::ALL.iter().map(|&c| self.queues.len(c)).sum();
+        if Instant::now() >= deadline || queued >= expected || self.queues.len(Priority::Realtime) > 0 {
+            self.refill = None;
+            return false;
+        }
+        self.wake_at_least(deadline);
+        true
     }
 
     /// With `max_wait_us`, waits for a batch to fill while the oldest input is younger than that.
@@ -168,14 +256,7 @@ impl Batcher {
             .map(|t| t + Duration::from_micros(self.config.max_wait_us));
         match due {
             Some(due) if due > Instant::now() => {
-                if self.wake_at.is_none_or(|at| at > due) {
-                    self.wake_at = Some(due);
-                    let actor = self.self_ref.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep_until(due).await;
-                        let _ = actor.tell(Wake).try_send();
-                    });
-                }
+                self.wake_at_least(due);
                 true
             }
             _ => false,
@@ -183,12 +264,13 @@ impl Batcher {
     }
 
     fn dispatch(&mut self) {
+        let realtime_active = self.realtime_active();
         while !self.queues.is_empty() {
-            let Some(worker) = self.free_worker() else { break };
-            if self.should_wait() {
+            let Some(worker) = self.free_worker(realtime_active) else { break };
+            if self.should_wait() || (self.workers[worker].outstanding.is_empty() && self.awaiting_refill()) {
                 break;
             }
-            let budgets = Priority::ALL.map(|class| self.budget(class));
+            let budgets = Priority::ALL.map(|class| self.budget(class, realtime_active));
             let Some(picked) = self.queues.pick(|class| budgets[class.index()]) else {
                 break;
             };
@@ -198,6 +280,7 @@ impl Batcher {
             if picked.items.is_empty() {
                 continue;
             }
+            let predicted = self.predicted(picked.padded_tokens);
             let batch = RunBatch {
                 items: picked.items,
                 padded_tokens: picked.padded_tokens,
@@ -206,7 +289,15 @@ impl Batcher {
             let slot = &mut self.workers[worker];
             let actor = slot.actor.as_ref().expect("free_worker only returns devices with an actor");
             match actor.tell(batch).try_send() {
-                Ok(()) => slot.outstanding += 1,
+                Ok(()) => {
+                    let start = if slot.outstanding.is_empty() {
+                        Instant::now()
+                    } else {
+                        slot.busy_until
+                    };
+                    slot.busy_until = start + predicted;
+                    slot.outstanding.push_back(predicted);
+                }
                 Err(err) => {
                     // The actor is restarting or gone; the batch's items answer `internal` as they drop. WorkerUp
                     // brings the device back.
@@ -236,6 +327,9 @@ impl Message<Submit> for Batcher {
             }
             return;
         }
+        if msg.class == Priority::Realtime {
+            self.last_realtime = Some(Instant::now());
+        }
         let n_inputs = msg.items.len();
         if let Err(items) = self.queues.push(msg.class, msg.items) {
             let queued = self.queues.len(msg.class);
@@ -259,7 +353,7 @@ impl Message<WorkerUp> for Batcher {
     async fn handle(&mut self, msg: WorkerUp, _ctx: &mut Context<Self, Self::Reply>) {
         let slot = &mut self.workers[msg.index];
         slot.actor = Some(msg.actor);
-        slot.outstanding = 0;
+        slot.outstanding.clear();
         slot.lost = false;
         self.dispatch();
     }
@@ -270,7 +364,13 @@ impl Message<BatchDone> for Batcher {
 
     async fn handle(&mut self, msg: BatchDone, _ctx: &mut Context<Self, Self::Reply>) {
         let slot = &mut self.workers[msg.index];
-        slot.outstanding = slot.outstanding.saturating_sub(1);
+        slot.outstanding.pop_front();
+        // The next prepared batch (if any) starts now.
+        slot.busy_until = Instant::now() + slot.outstanding.iter().sum::<Duration>();
+        if slot.outstanding.is_empty() && msg.n_items > 1 {
+            let wait = (msg.elapsed / 10).min(Duration::from_millis(2));
+            self.refill = Some((Instant::now() + wait, msg.n_items));
+        }
         self.record_cost(msg.padded_tokens, msg.elapsed);
         self.dispatch();
     }

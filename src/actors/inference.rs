@@ -206,6 +206,7 @@ impl Message<RunBatch> for InferenceActor {
         device.set_state(DeviceState::Ready);
         let done = BatchDone {
             index: self.index,
+            n_items: n_live,
             padded_tokens: msg.padded_tokens,
             elapsed: started.elapsed(),
         };

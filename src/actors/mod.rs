@@ -15,7 +15,6 @@ mod supervisor;
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use kameo::actor::ActorRef;
 use tokio::sync::oneshot;
@@ -109,7 +108,7 @@ pub(crate) enum Fault {
     /// The inference actor panics in the middle of the batch.
     Panic,
     /// The inference actor's run takes this long.
-    Hang(Duration),
+    Hang(std::time::Duration),
 }
 
 /// What the server holds to reach the actors.
@@ -330,6 +329,6 @@ impl Fault {
             return Some(Fault::Panic);
         }
         let ms: u64 = rest.strip_prefix("hang:")?.parse().ok()?;
-        Some(Fault::Hang(Duration::from_millis(ms)))
+        Some(Fault::Hang(std::time::Duration::from_millis(ms)))
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Budget {
     pub max_tokens: usize,
     /// Most inputs.
     pub max_size: usize,
+    /// Pick inputs of similar length (true) or strictly oldest first (false).
+    pub group_by_length: bool,
 }
 
 /// A batch taken from the queues.
@@ -120,11 +122,14 @@ impl<T: Queued> Queues<T> {
 }
 
 fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
-    let window = queue.len().min(budget.max_size.max(1) * WINDOW_FACTOR);
+    let factor = if budget.group_by_length { WINDOW_FACTOR } else { 1 };
+    let window = queue.len().min(budget.max_size.max(1) * factor);
     let anchor_tokens = queue[0].tokens();
-    // Candidates by closeness in length to the oldest item, older first among equals.
+    // Candidates by closeness in length to the oldest item, older first among equals (or plain age order).
     let mut order: Vec<usize> = (1..window).collect();
-    order.sort_by_key(|&i| (queue[i].tokens().abs_diff(anchor_tokens), i));
+    if budget.group_by_length {
+        order.sort_by_key(|&i| (queue[i].tokens().abs_diff(anchor_tokens), i));
+    }
     let mut chosen = vec![0usize];
     let mut dead = Vec::new();
     let mut longest = anchor_tokens;
@@ -144,7 +149,7 @@ fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
         longest = new_longest;
     }
     let mut take: Vec<(usize, bool)> = chosen.iter().map(|&i| (i, true)).chain(dead.iter().map(|&i| (i, false))).collect();
-    take.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    take.sort_unstable_by_key(|&(index, _)| std::cmp::Reverse(index));
     let mut items = Vec::with_capacity(chosen.len());
     let mut expired = Vec::with_capacity(dead.len());
     for (index, keep) in take {
@@ -194,7 +199,11 @@ mod tests {
     }
 
     fn budget(max_tokens: usize, max_size: usize) -> impl Fn(Priority) -> Budget {
-        move |_| Budget { max_tokens, max_size }
+        move |_| Budget {
+            max_tokens,
+            max_size,
+            group_by_length: true,
+        }
     }
 
     #[test]
@@ -230,6 +239,23 @@ mod tests {
         assert_eq!(ids, vec![0, 2, 4, 6], "the four short ones run together");
         assert_eq!(first.padded_tokens, 48);
         assert_eq!(first.real_tokens, 42);
+    }
+
+    #[test]
+    fn fifo_mode_takes_the_oldest() {
+        let mut queues = Queues::new([100, 100, 100]);
+        let lengths = [10, 200, 12, 190];
+        queues
+            .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
+            .unwrap();
+        let fifo = |_| Budget {
+            max_tokens: 10_000,
+            max_size: 2,
+            group_by_length: false,
+        };
+        let first = queues.pick(fifo).unwrap();
+        assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(first.padded_tokens, 400);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::batcher::{Batcher, BatcherArgs, Drain, WorkerLost, MAILBOX};
 use super::inference::{InferenceActor, InferenceArgs, Startup};
 use super::state::{lock, DaemonState, DeviceState, Phase};
 use super::DaemonHandle;
-use crate::config::Config;
+use crate::config::{Config, EpKind};
 use crate::engine::{ModelInfo, SharedTokenizer};
 
 /// What the supervisor needs.
@@ -68,7 +68,11 @@ impl Actor for Supervisor {
         let batcher_args = BatcherArgs {
             config: args.config.batcher.clone(),
             state: args.state.clone(),
-            n_devices: devices_config.len(),
+            // A CPU device computes on the same cores that would prepare its next batch: nothing to overlap.
+            prefetch: devices_config
+                .iter()
+                .map(|d| if d.ep == EpKind::Cpu { 0 } else { args.config.batcher.prefetch })
+                .collect(),
         };
         let batcher = Batcher::spawn_with_mailbox(batcher_args, mailbox::bounded(MAILBOX));
         let batcher_cfg = &args.config.batcher;

@@ -196,11 +196,11 @@ mod tests {
 
     #[test]
     fn ort_version_is_read_from_the_build_string() {
-        assert_eq!(
-            ort_version("ORT Build Info: git-branch=rel-1.32.0, git-commit-id=abc, build type=Release"),
-            "1.32.0"
-        );
-        assert_eq!(ort_version("custom"), "custom");
+        let none = Path::new("");
+        let release = "ORT Build Info: git-branch=rel-1.32.0, git-commit-id=abc, build type=Release";
+        assert_eq!(ort_version(release, none), "1.32.0");
+        assert_eq!(ort_version("git-branch=HEAD", Path::new("/x/libonnxruntime.so.1.32.0")), "1.32.0");
+        assert_eq!(ort_version("custom", none), "custom");
     }
 
     #[test]

@@ -156,8 +156,8 @@ pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerCon
 
 async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<ConnectionPolicy>, close: CancellationToken) {
     let creds = stream.peer_creds().ok();
-    let uid = creds.as_ref().and_then(|c| c.euid()).map(|u| u as u32);
-    let gid = creds.as_ref().and_then(|c| c.egid()).map(|g| g as u32);
+    let uid = creds.as_ref().and_then(|c| c.euid());
+    let gid = creds.as_ref().and_then(|c| c.egid());
     if !policy.admits(uid, gid) {
         tracing::warn!(?uid, ?gid, "peer not in allowed_uids/allowed_gids; refusing");
         let reply = ErrorReply::new(

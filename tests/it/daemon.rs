@@ -394,9 +394,9 @@ fn socket_file_gets_the_configured_mode() {
 #[test]
 fn health_says_starting_during_warm_up() {
     let daemon = Daemon::spawn("", &[("AKIDB_FAULT_WARMUP_MS", "3000")]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut seen = None;
-    while std::time::Instant::now() < deadline {
+    while tokio::time::Instant::now() < deadline {
         seen = daemon.health();
         if seen.is_some() {
             break;

@@ -180,8 +180,8 @@ impl Daemon {
     }
 
     pub fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while std::time::Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
             if self.health().as_deref() == Some("ready") {
                 return;
             }
@@ -223,8 +223,8 @@ impl Daemon {
 
     /// Waits for the process to exit and returns its exit code.
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();
             }

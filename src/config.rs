@@ -46,6 +46,8 @@ pub const DEFAULT_QUEUE_BULK: usize = 16384;
 pub const DEFAULT_WARMUP_SEQ_LENGTHS: [usize; 3] = [16, 128, 256];
 /// Default time after the last realtime request during which batches stay sized for realtime latency.
 pub const DEFAULT_REALTIME_HORIZON_MS: u64 = 10_000;
+/// Default cap on padded / real tokens when grouping by length.
+pub const DEFAULT_MAX_PADDING_RATIO: f64 = 1.5;
 /// Default number of batches prepared ahead for each device.
 pub const DEFAULT_PREFETCH: usize = 1;
 /// Default restart limit for an inference actor (restarts within [`DEFAULT_RESTART_WINDOW_S`]).
@@ -198,6 +200,8 @@ pub struct BatcherConfig {
     pub realtime_horizon_ms: u64,
     /// Group inputs of similar length into a batch (false: plain FIFO, for comparison).
     pub group_by_length: bool,
+    /// With grouping, an input joins a batch only if padded / real tokens stays at or under this.
+    pub max_padding_ratio: f64,
     /// Queue capacities, in inputs, per priority class.
     pub queue_capacity: QueueCapacity,
     /// Sequence lengths run at warm-up.
@@ -333,6 +337,7 @@ impl Config {
         let batcher = &self.batcher;
         check(batcher.max_batch_size > 0, "batcher.max_batch_size must be at least 1".into());
         check(batcher.max_batch_tokens > 0, "batcher.max_batch_tokens must be at least 1".into());
+        check(batcher.max_padding_ratio >= 1.0, "batcher.max_padding_ratio must be at least 1.0".into());
         check(
             batcher.realtime_max_wait_ms > 0,
             "batcher.realtime_max_wait_ms must be at least 1".into(),
@@ -499,6 +504,7 @@ impl Default for BatcherConfig {
             realtime_max_wait_ms: DEFAULT_REALTIME_MAX_WAIT_MS,
             realtime_horizon_ms: DEFAULT_REALTIME_HORIZON_MS,
             group_by_length: true,
+            max_padding_ratio: DEFAULT_MAX_PADDING_RATIO,
             queue_capacity: QueueCapacity::default(),
             warmup_seq_lengths: DEFAULT_WARMUP_SEQ_LENGTHS.to_vec(),
             prefetch: DEFAULT_PREFETCH,

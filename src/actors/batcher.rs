@@ -151,6 +151,7 @@ impl Batcher {
             max_tokens,
             max_size: self.config.max_batch_size,
             group_by_length: self.config.group_by_length,
+            max_padding_ratio: self.config.max_padding_ratio,
         }
     }
 

@@ -22,7 +22,7 @@ pub(crate) trait Queued {
 }
 
 /// The limits of one batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Budget {
     /// Most padded tokens: inputs × longest.
     pub max_tokens: usize,
@@ -30,6 +30,8 @@ pub(crate) struct Budget {
     pub max_size: usize,
     /// Pick inputs of similar length (true) or strictly oldest first (false).
     pub group_by_length: bool,
+    /// With grouping: most padded tokens per real token a batch may reach by taking one more input.
+    pub max_padding_ratio: f64,
 }
 
 /// A batch taken from the queues.
@@ -133,6 +135,7 @@ fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
     let mut chosen = vec![0usize];
     let mut dead = Vec::new();
     let mut longest = anchor_tokens;
+    let mut real = anchor_tokens;
     for i in order {
         if chosen.len() >= budget.max_size {
             break;
@@ -141,12 +144,18 @@ fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
             dead.push(i);
             continue;
         }
-        let new_longest = longest.max(queue[i].tokens());
-        if (chosen.len() + 1) * new_longest > budget.max_tokens {
+        let tokens = queue[i].tokens();
+        let new_longest = longest.max(tokens);
+        let padded = (chosen.len() + 1) * new_longest;
+        if padded > budget.max_tokens {
+            continue;
+        }
+        if budget.group_by_length && padded as f64 > budget.max_padding_ratio * (real + tokens) as f64 {
             continue;
         }
         chosen.push(i);
         longest = new_longest;
+        real += tokens;
     }
     let mut take: Vec<(usize, bool)> = chosen.iter().map(|&i| (i, true)).chain(dead.iter().map(|&i| (i, false))).collect();
     take.sort_unstable_by_key(|&(index, _)| std::cmp::Reverse(index));
@@ -203,6 +212,7 @@ mod tests {
             max_tokens,
             max_size,
             group_by_length: true,
+            max_padding_ratio: 100.0,
         }
     }
 
@@ -242,6 +252,18 @@ mod tests {
     }
 
     #[test]
+    fn padding_is_capped_even_when_the_budget_allows_more() {
+        let mut queues = Queues::new([100, 100, 100]);
+        let lengths = [10, 200, 12, 190, 11];
+        queues.push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect()).unwrap();
+        let capped = |_| Budget { max_tokens: 10_000, max_size: 64, group_by_length: true, max_padding_ratio: 1.5 };
+        let first = queues.pick(capped).unwrap();
+        assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 2, 4]);
+        let second = queues.pick(capped).unwrap();
+        assert_eq!(second.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
     fn fifo_mode_takes_the_oldest() {
         let mut queues = Queues::new([100, 100, 100]);
         let lengths = [10, 200, 12, 190];
@@ -252,6 +274,7 @@ mod tests {
             max_tokens: 10_000,
             max_size: 2,
             group_by_length: false,
+            max_padding_ratio: 100.0,
         };
         let first = queues.pick(fifo).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]);

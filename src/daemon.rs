@@ -37,7 +37,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     let env = engine::environment(&library).map_err(DaemonError::Runtime)?;
     let tokenizer = Arc::new(TextTokenizer::load(&model).map_err(DaemonError::Model)?);
     let socket = config.socket_path();
-    let bound = server::bind(&socket, config.server.socket_mode)?;
+    let bound = match systemd::activated_socket() {
+        Ok(Some(fd)) => {
+            tracing::info!("serving the socket systemd passed (socket activation)");
+            server::bind_activated(fd)?
+        }
+        Ok(None) => server::bind(&socket, config.server.socket_mode)?,
+        Err(source) => return Err(DaemonError::Socket(server::ServeError::Bind { path: "<LISTEN_FDS>".into(), source })),
+    };
     let devices = config.effective_devices();
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
     let state = Arc::new(DaemonState::new(model.clone(), &kinds));
@@ -61,20 +68,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     });
 
     tokio::pin!(shutdown);
-    let reason = tokio::select! {
-        ready = started.wait_ready() => {
-            if let Err(message) = ready {
-                stop.cancel();
-                let _ = server_task.await;
-                started.stop(Duration::from_secs(2)).await;
-                return Err(DaemonError::Device(message));
-            }
+    let warming = tokio::spawn(async {
+        // TensorRT may build engines for minutes: keep asking systemd for time while warming up.
+        loop {
+            systemd::extend_start_timeout(Duration::from_secs(30), "warming up: building or loading engines");
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    });
+    let outcome = tokio::select! {
+        ready = started.wait_ready() => Ok(ready),
+        reason = &mut shutdown => Err(reason),
+    };
+    warming.abort();
+    let reason = match outcome {
+        Ok(Err(message)) => {
+            stop.cancel();
+            let _ = server_task.await;
+            started.stop(Duration::from_secs(2)).await;
+            return Err(DaemonError::Device(message));
+        }
+        Ok(Ok(())) => {
             let status = format!("ready: {} device(s), model {}", kinds.len(), state.model.name);
             tracing::info!("{status}");
             systemd::ready(&status);
-            shutdown.await
+            let keeper = tokio::spawn(keep_alive(started.clone_for_heartbeat(), state.clone()));
+            let reason = shutdown.await;
+            keeper.abort();
+            reason
         }
-        reason = &mut shutdown => reason,
+        Err(reason) => reason,
     };
 
     tracing::info!(reason, "stopping");
@@ -85,4 +107,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     started.stop(Duration::from_millis(config.server.shutdown_grace_ms.max(1000))).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// While serving: feeds systemd's watchdog only while every device answers its heartbeat (so a hung device gets
+/// the service restarted), and refreshes the status line.
+async fn keep_alive(devices: actors::Heartbeats, state: Arc<DaemonState>) {
+    let watchdog = systemd::watchdog_period();
+    let tick = watchdog.map_or(Duration::from_secs(10), |period| (period / 2).min(Duration::from_secs(10)));
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(tick).await;
+        if watchdog.is_some() && devices.all_alive(tick).await {
+            systemd::watchdog();
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            last_status = tokio::time::Instant::now();
+            let status = state.status();
+            let ready = status.devices.iter().filter(|d| d.state != "failed").count();
+            systemd::status(&format!("{}: {ready} device(s), {:.0} req/s", status.status, status.throughput.requests_per_s));
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! - `telemetry`, `systemd`: logging and service-manager notifications.
 
 #![warn(missing_docs)]
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod engine;

@@ -51,6 +51,9 @@ pub(crate) struct InferenceActor {
     state: Arc<DaemonState>,
 }
 
+/// Answers once the actor has finished what was sent before it: the watchdog's proof that the device is not hung.
+pub(crate) struct Heartbeat;
+
 /// A batch to run.
 pub(crate) struct RunBatch {
     pub items: Vec<Item>,
@@ -223,4 +226,10 @@ fn inject_faults(items: &[Item]) {
             None => {}
         }
     }
+}
+
+impl Message<Heartbeat> for InferenceActor {
+    type Reply = ();
+
+    async fn handle(&mut self, _msg: Heartbeat, _ctx: &mut Context<Self, Self::Reply>) {}
 }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, SharedTokenizer};
 use crate::protocol::Priority;
 pub(crate) use state::{DaemonState, Phase};
-pub(crate) use supervisor::{start, SupervisorArgs};
+pub(crate) use supervisor::{start, Heartbeats, SupervisorArgs};
 
 use batcher::{Batcher, Submit};
 use state::lock;

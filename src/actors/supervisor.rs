@@ -18,7 +18,7 @@ use ort::environment::Environment;
 use tokio::sync::watch;
 
 use super::batcher::{Batcher, BatcherArgs, Drain, WorkerLost, MAILBOX};
-use super::inference::{InferenceActor, InferenceArgs, Startup};
+use super::inference::{Heartbeat, InferenceActor, InferenceArgs, Startup};
 use super::state::{lock, DaemonState, DeviceState, Phase};
 use super::DaemonHandle;
 use crate::config::{Config, EpKind};
@@ -187,6 +187,11 @@ impl Started {
         Ok(())
     }
 
+    /// What the watchdog needs to check the devices.
+    pub fn clone_for_heartbeat(&self) -> Heartbeats {
+        Heartbeats { supervisor: self.supervisor.clone(), state: self.handle.state.clone() }
+    }
+
     /// Stops in order: fail what is still queued, stop the inference actors (letting a running batch finish),
     /// then the batcher and the supervisor. Waits at most `timeout` for each device.
     pub async fn stop(self, timeout: Duration) {
@@ -205,5 +210,29 @@ impl Started {
         let _ = batcher.stop_gracefully().await;
         let _ = self.supervisor.stop_gracefully().await;
         let _ = tokio::time::timeout(timeout, self.supervisor.wait_for_shutdown()).await;
+    }
+}
+
+/// Checks that the devices answer (for systemd's watchdog).
+pub(crate) struct Heartbeats {
+    supervisor: ActorRef<Supervisor>,
+    state: Arc<DaemonState>,
+}
+
+impl Heartbeats {
+    /// Whether every device that has not given up answers a heartbeat within `timeout` (a device stuck in a
+    /// batch does not).
+    pub async fn all_alive(&self, timeout: Duration) -> bool {
+        let Ok((_, devices)) = self.supervisor.ask(Children).await else { return false };
+        for (index, device) in devices.iter().enumerate() {
+            if self.state.devices[index].state() == DeviceState::Failed {
+                continue;
+            }
+            if !matches!(tokio::time::timeout(timeout, device.ask(Heartbeat)).await, Ok(Ok(()))) {
+                tracing::warn!(device = index, "inference device missed its heartbeat; not feeding the watchdog");
+                return false;
+            }
+        }
+        true
     }
 }

@@ -6,4 +6,5 @@
 mod akictl;
 mod daemon;
 mod engine;
+mod systemd;
 mod util;

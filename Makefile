@@ -4,7 +4,7 @@ CONFIG ?= config/akidb.toml
 # The integration tests need the test-only fault hooks compiled into akidbd.
 TEST_FEATURES = --features fault-injection
 
-.PHONY: setup build run test lint fmt bench clean-setup
+.PHONY: setup build run test lint fmt bench install verify-units clean-setup
 
 setup:
 	@tools/setup.sh
@@ -28,6 +28,13 @@ fmt:
 
 bench: setup
 	$(CARGO) bench --bench engine
+	$(CARGO) bench --bench daemon
+
+install:
+	tools/install.sh
+
+verify-units:
+	tools/verify-units.sh
 
 clean-setup:
 	rm -rf target/onnxruntime target/setup models/all-MiniLM-L6-v2

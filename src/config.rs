@@ -56,6 +56,14 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub const DEFAULT_RESTART_WINDOW_S: u64 = 60;
 /// Default time a batch may run before its inference actor is considered stuck.
 pub const DEFAULT_STUCK_TIMEOUT_MS: u64 = 30_000;
+/// Default sensor sampling period.
+pub const DEFAULT_MONITOR_INTERVAL_MS: u64 = 1000;
+/// Default soft temperature limit, °C.
+pub const DEFAULT_SOFT_C: f64 = 80.0;
+/// Default hard temperature limit, °C.
+pub const DEFAULT_HARD_C: f64 = 90.0;
+/// Default hysteresis, °C.
+pub const DEFAULT_HYSTERESIS_C: f64 = 5.0;
 /// Default TensorRT builder optimisation level.
 pub const DEFAULT_TRT_BUILDER_OPT_LEVEL: u8 = 3;
 
@@ -73,6 +81,30 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     /// How requests are grouped into batches.
     pub batcher: BatcherConfig,
+    /// Sensors and the thermal policy.
+    pub monitor: MonitorConfig,
+}
+
+/// `[monitor]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// Sampling period in milliseconds.
+    pub interval_ms: u64,
+    /// Where sysfs is mounted (tests point this at a fake tree).
+    pub sysfs_root: PathBuf,
+    /// Thermal zone types read for GPU devices when NVML gives no temperature, in order of preference.
+    pub gpu_zones: Vec<String>,
+    /// Thermal zone types read for CPU devices, in order of preference.
+    pub cpu_zones: Vec<String>,
+    /// Soft limit, °C: smaller batches, bulk deferred.
+    pub soft_c: f64,
+    /// Hard limit, °C: bulk and normal refused, realtime served.
+    pub hard_c: f64,
+    /// Degrees below a limit before its state is left.
+    pub hysteresis_c: f64,
+    /// Power above which the state is at least soft, watts (unset: no cap).
+    pub power_cap_w: Option<f64>,
 }
 
 /// `[server]`
@@ -228,6 +260,25 @@ pub struct QueueCapacity {
     pub bulk: usize,
 }
 
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            interval_ms: DEFAULT_MONITOR_INTERVAL_MS,
+            sysfs_root: PathBuf::from("/sys"),
+            gpu_zones: ["gpu-thermal", "GPU-therm", "gpu", "tj-thermal", "Tdiode_tegra"]
+                .map(String::from)
+                .to_vec(),
+            cpu_zones: ["x86_pkg_temp", "cpu-thermal", "CPU-therm", "cpu", "soc_thermal", "acpitz"]
+                .map(String::from)
+                .to_vec(),
+            soft_c: DEFAULT_SOFT_C,
+            hard_c: DEFAULT_HARD_C,
+            hysteresis_c: DEFAULT_HYSTERESIS_C,
+            power_cap_w: None,
+        }
+    }
+}
+
 /// Every problem [`Config::validate`] found.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -337,7 +388,10 @@ impl Config {
         let batcher = &self.batcher;
         check(batcher.max_batch_size > 0, "batcher.max_batch_size must be at least 1".into());
         check(batcher.max_batch_tokens > 0, "batcher.max_batch_tokens must be at least 1".into());
-        check(batcher.max_padding_ratio >= 1.0, "batcher.max_padding_ratio must be at least 1.0".into());
+        check(
+            batcher.max_padding_ratio >= 1.0,
+            "batcher.max_padding_ratio must be at least 1.0".into(),
+        );
         check(
             batcher.realtime_max_wait_ms > 0,
             "batcher.realtime_max_wait_ms must be at least 1".into(),
@@ -359,6 +413,17 @@ impl Config {
         );
         check(batcher.restart_window_s > 0, "batcher.restart_window_s must be at least 1".into());
         check(batcher.stuck_timeout_ms > 0, "batcher.stuck_timeout_ms must be at least 1".into());
+        let monitor = &self.monitor;
+        check(monitor.interval_ms >= 10, "monitor.interval_ms must be at least 10".into());
+        check(
+            monitor.soft_c < monitor.hard_c,
+            "monitor.soft_c must be below monitor.hard_c".into(),
+        );
+        check(monitor.hysteresis_c >= 0.0, "monitor.hysteresis_c must not be negative".into());
+        check(
+            monitor.power_cap_w.is_none_or(|w| w > 0.0),
+            "monitor.power_cap_w must be positive".into(),
+        );
         if errors.is_empty() {
             Ok(())
         } else {

@@ -43,7 +43,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
             server::bind_activated(fd)?
         }
         Ok(None) => server::bind(&socket, config.server.socket_mode)?,
-        Err(source) => return Err(DaemonError::Socket(server::ServeError::Bind { path: "<LISTEN_FDS>".into(), source })),
+        Err(source) => {
+            return Err(DaemonError::Socket(server::ServeError::Bind {
+                path: "<LISTEN_FDS>".into(),
+                source,
+            }))
+        }
     };
     let devices = config.effective_devices();
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
@@ -124,7 +129,10 @@ async fn keep_alive(devices: actors::Heartbeats, state: Arc<DaemonState>) {
             last_status = tokio::time::Instant::now();
             let status = state.status();
             let ready = status.devices.iter().filter(|d| d.state != "failed").count();
-            systemd::status(&format!("{}: {ready} device(s), {:.0} req/s", status.status, status.throughput.requests_per_s));
+            systemd::status(&format!(
+                "{}: {ready} device(s), {:.0} req/s",
+                status.status, status.throughput.requests_per_s
+            ));
         }
     }
 }

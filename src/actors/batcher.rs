@@ -25,6 +25,7 @@ use super::queue::{Budget, Queues};
 use super::state::DaemonState;
 use super::{Item, ServeError};
 use crate::config::BatcherConfig;
+use crate::monitor::thermal::ThermalState;
 use crate::protocol::Priority;
 
 /// Mailbox size of the batcher; a full mailbox answers `overloaded`.
@@ -43,6 +44,8 @@ pub(crate) struct Batcher {
     /// After a batch of n inputs finishes, its clients are likely to send again within moments: an idle device
     /// waits until this deadline for up to n inputs instead of running a nearly empty batch.
     refill: Option<(Instant, usize)>,
+    /// The monitor's latest thermal state and its explanation.
+    thermal: (ThermalState, String),
 }
 
 struct Worker {
@@ -97,6 +100,12 @@ pub(crate) struct WorkerLost {
 /// Fails everything still queued with `shutting_down` (end of the grace period).
 pub(crate) struct Drain;
 
+/// The monitor's thermal state changed.
+pub(crate) struct ThermalChange {
+    pub state: ThermalState,
+    pub message: String,
+}
+
 /// Timer tick for `max_wait_us`.
 struct Wake;
 
@@ -128,6 +137,7 @@ impl Actor for Batcher {
             wake_at: None,
             last_realtime: None,
             refill: None,
+            thermal: (ThermalState::Normal, String::new()),
         })
     }
 }
@@ -139,20 +149,28 @@ impl Batcher {
         self.last_realtime.is_some_and(|at| at.elapsed() < horizon)
     }
 
-    fn budget(&self, class: Priority, realtime_active: bool) -> Budget {
+    /// The budget of a class's next batch; `None` while the class is paused (bulk in the soft thermal state).
+    fn budget(&self, class: Priority, realtime_active: bool) -> Option<Budget> {
+        let thermal = self.thermal.0;
+        if class == Priority::Bulk && thermal >= ThermalState::Soft {
+            return None;
+        }
         let mut max_tokens = self.config.max_batch_tokens;
+        if class != Priority::Realtime && thermal >= ThermalState::Soft {
+            max_tokens = (max_tokens / 2).max(1);
+        }
         if class != Priority::Realtime && realtime_active {
             if let Some(ms_per_token) = self.ms_per_token {
                 let allowed = self.config.realtime_max_wait_ms as f64 / ms_per_token.max(1e-9);
                 max_tokens = max_tokens.min(allowed as usize).max(1);
             }
         }
-        Budget {
+        Some(Budget {
             max_tokens,
             max_size: self.config.max_batch_size,
             group_by_length: self.config.group_by_length,
             max_padding_ratio: self.config.max_padding_ratio,
-        }
+        })
     }
 
     fn record_cost(&mut self, padded_tokens: usize, elapsed: Duration) {
@@ -330,6 +348,14 @@ impl Message<Submit> for Batcher {
         }
         if msg.class == Priority::Realtime {
             self.last_realtime = Some(Instant::now());
+        } else if self.thermal.0 == ThermalState::Hard {
+            if let Some(first) = msg.items.into_iter().next() {
+                first.fail(ServeError::Overloaded(format!(
+                    "{}: only realtime requests are served",
+                    self.thermal.1
+                )));
+            }
+            return;
         }
         let n_inputs = msg.items.len();
         if let Err(items) = self.queues.push(msg.class, msg.items) {
@@ -413,6 +439,25 @@ impl Message<Wake> for Batcher {
 
     async fn handle(&mut self, _msg: Wake, _ctx: &mut Context<Self, Self::Reply>) {
         self.wake_at = None;
+        self.dispatch();
+    }
+}
+
+impl Message<ThermalChange> for Batcher {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: ThermalChange, _ctx: &mut Context<Self, Self::Reply>) {
+        let entering_hard = msg.state == ThermalState::Hard && self.thermal.0 != ThermalState::Hard;
+        self.thermal = (msg.state, msg.message);
+        if entering_hard {
+            // Queued normal and bulk work would keep the device hot: refuse it now, as new requests are refused.
+            let error = ServeError::Overloaded(format!("{}: only realtime requests are served", self.thermal.1));
+            for class in [Priority::Normal, Priority::Bulk] {
+                for item in self.queues.drain_class(class) {
+                    item.fail(error.clone());
+                }
+            }
+        }
         self.dispatch();
     }
 }

@@ -9,6 +9,7 @@
 
 mod batcher;
 mod inference;
+mod monitor;
 pub(crate) mod queue;
 pub(crate) mod state;
 mod supervisor;

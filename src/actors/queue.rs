@@ -91,16 +91,22 @@ impl<T: Queued> Queues<T> {
         self.classes.iter().filter_map(|q| q.front().map(Queued::received)).min()
     }
 
+    /// Takes every item of one class out.
+    pub fn drain_class(&mut self, class: Priority) -> Vec<T> {
+        self.classes[class.index()].drain(..).collect()
+    }
+
     /// Takes every item out (used at shutdown and when no device is left).
     pub fn drain(&mut self) -> Vec<T> {
         self.classes.iter_mut().flat_map(|q| q.drain(..)).collect()
     }
 
     /// Takes the next batch: from the highest class that has live items, anchored on its oldest item and filled
-    /// with the items nearest to it in length, within `budget(class)`.
-    pub fn pick(&mut self, budget: impl Fn(Priority) -> Budget) -> Option<Picked<T>> {
+    /// with the items nearest to it in length, within `budget(class)`. A class whose budget is `None` is paused.
+    pub fn pick(&mut self, budget: impl Fn(Priority) -> Option<Budget>) -> Option<Picked<T>> {
         let mut expired = Vec::new();
         for class in Priority::ALL {
+            let Some(class_budget) = budget(class) else { continue };
             let queue = &mut self.classes[class.index()];
             while queue.front().is_some_and(|item| !item.is_live()) {
                 expired.extend(queue.pop_front());
@@ -108,7 +114,7 @@ impl<T: Queued> Queues<T> {
             if queue.is_empty() {
                 continue;
             }
-            let mut picked = pick_from(queue, budget(class));
+            let mut picked = pick_from(queue, class_budget);
             picked.expired.append(&mut expired);
             picked.class = class;
             return Some(picked);
@@ -207,12 +213,14 @@ mod tests {
         Item { id, tokens, live: true }
     }
 
-    fn budget(max_tokens: usize, max_size: usize) -> impl Fn(Priority) -> Budget {
-        move |_| Budget {
-            max_tokens,
-            max_size,
-            group_by_length: true,
-            max_padding_ratio: 100.0,
+    fn budget(max_tokens: usize, max_size: usize) -> impl Fn(Priority) -> Option<Budget> {
+        move |_| {
+            Some(Budget {
+                max_tokens,
+                max_size,
+                group_by_length: true,
+                max_padding_ratio: 100.0,
+            })
         }
     }
 
@@ -255,8 +263,17 @@ mod tests {
     fn padding_is_capped_even_when_the_budget_allows_more() {
         let mut queues = Queues::new([100, 100, 100]);
         let lengths = [10, 200, 12, 190, 11];
-        queues.push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect()).unwrap();
-        let capped = |_| Budget { max_tokens: 10_000, max_size: 64, group_by_length: true, max_padding_ratio: 1.5 };
+        queues
+            .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
+            .unwrap();
+        let capped = |_| {
+            Some(Budget {
+                max_tokens: 10_000,
+                max_size: 64,
+                group_by_length: true,
+                max_padding_ratio: 1.5,
+            })
+        };
         let first = queues.pick(capped).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 2, 4]);
         let second = queues.pick(capped).unwrap();
@@ -270,11 +287,13 @@ mod tests {
         queues
             .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
             .unwrap();
-        let fifo = |_| Budget {
-            max_tokens: 10_000,
-            max_size: 2,
-            group_by_length: false,
-            max_padding_ratio: 100.0,
+        let fifo = |_| {
+            Some(Budget {
+                max_tokens: 10_000,
+                max_size: 2,
+                group_by_length: false,
+                max_padding_ratio: 100.0,
+            })
         };
         let first = queues.pick(fifo).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]);
@@ -347,5 +366,39 @@ mod tests {
             }
             proptest::prop_assert!(seen.iter().all(|&n| n == 1), "every item leaves exactly once");
         }
+    }
+}
+
+#[cfg(test)]
+mod pause_tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Item(usize);
+
+    impl Queued for Item {
+        fn tokens(&self) -> usize {
+            self.0
+        }
+        fn is_live(&self) -> bool {
+            true
+        }
+        fn received(&self) -> Instant {
+            Instant::now()
+        }
+    }
+
+    #[test]
+    fn a_paused_class_is_skipped() {
+        let mut queues = Queues::new([10, 10, 10]);
+        queues.push(Priority::Bulk, vec![Item(3)]).unwrap();
+        let budget = Budget {
+            max_tokens: 100,
+            max_size: 8,
+            group_by_length: true,
+            max_padding_ratio: 2.0,
+        };
+        assert!(queues.pick(|class| (class != Priority::Bulk).then_some(budget)).is_none());
+        assert_eq!(queues.pick(|_| Some(budget)).unwrap().items.len(), 1);
     }
 }

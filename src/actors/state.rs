@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::engine::ModelInfo;
-use crate::protocol::message::{Counters, DeviceStatus, ModelStatus, Percentiles, StatusBody, Throughput};
+use crate::protocol::message::{Counters, DeviceStatus, ModelStatus, Percentiles, SensorStatus, StatusBody, ThermalStatus, Throughput};
 use crate::protocol::{ErrorCode, Priority};
 
 /// How long latency samples and throughput are kept for `status`.
@@ -55,6 +55,7 @@ pub(crate) struct DeviceShared {
     pub batches: AtomicU64,
     pub inputs: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    pub sensors: Mutex<Option<SensorStatus>>,
 }
 
 /// Everything `status` reports.
@@ -75,6 +76,7 @@ pub(crate) struct DaemonState {
     pub connections: AtomicU64,
     pub in_flight: AtomicU64,
     errors: Mutex<BTreeMap<ErrorCode, u64>>,
+    pub thermal: Mutex<ThermalStatus>,
     windows: Mutex<[VecDeque<Sample>; 3]>,
 }
 
@@ -101,6 +103,7 @@ impl DaemonState {
                 batches: AtomicU64::new(0),
                 inputs: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                sensors: Mutex::new(None),
             })
             .collect();
         DaemonState {
@@ -119,6 +122,10 @@ impl DaemonState {
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            thermal: Mutex::new(ThermalStatus {
+                state: "normal".into(),
+                ..ThermalStatus::default()
+            }),
             windows: Mutex::new(Default::default()),
         }
     }
@@ -217,6 +224,7 @@ impl DaemonState {
             mean_batch_size: ratio(&self.batch_inputs, &self.batches),
             padding_ratio: ratio(&self.padded_tokens, &self.real_tokens),
             throughput,
+            thermal: lock(&self.thermal).clone(),
         }
     }
 
@@ -278,6 +286,7 @@ impl DeviceShared {
             batches: self.batches.load(Ordering::Relaxed),
             inputs: self.inputs.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
+            sensors: lock(&self.sensors).clone(),
         }
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use super::batcher::{Batcher, BatcherArgs, Drain, WorkerLost, MAILBOX};
 use super::inference::{Heartbeat, InferenceActor, InferenceArgs, Startup};
+use super::monitor::{Monitor, MonitorArgs};
 use super::state::{lock, DaemonState, DeviceState, Phase};
 use super::DaemonHandle;
 use crate::config::{Config, EpKind};
@@ -35,6 +36,7 @@ pub(crate) struct SupervisorArgs {
 
 pub(crate) struct Supervisor {
     state: Arc<DaemonState>,
+    monitor: ActorRef<Monitor>,
     batcher: ActorRef<Batcher>,
     devices: Vec<ActorRef<InferenceActor>>,
     device_ids: HashMap<ActorId, usize>,
@@ -75,6 +77,13 @@ impl Actor for Supervisor {
                 .collect(),
         };
         let batcher = Batcher::spawn_with_mailbox(batcher_args, mailbox::bounded(MAILBOX));
+        let monitor_args = MonitorArgs {
+            config: args.config.monitor.clone(),
+            devices: devices_config.clone(),
+            state: args.state.clone(),
+            batcher: batcher.clone(),
+        };
+        let monitor = Monitor::spawn(monitor_args);
         let batcher_cfg = &args.config.batcher;
         let mut devices = Vec::new();
         let mut device_ids = HashMap::new();
@@ -104,11 +113,17 @@ impl Actor for Supervisor {
         }
         Ok(Supervisor {
             state: args.state,
+            monitor,
             batcher,
             devices,
             device_ids,
             startups,
         })
+    }
+
+    async fn on_stop(&mut self, _actor_ref: WeakActorRef<Self>, _reason: ActorStopReason) -> Result<(), Self::Error> {
+        self.stop_monitor();
+        Ok(())
     }
 
     async fn on_link_died(
@@ -130,6 +145,13 @@ impl Actor for Supervisor {
         let _ = self.batcher.tell(WorkerLost { index }).send().await;
         self.state.set_phase(Phase::Degraded);
         Ok(ControlFlow::Continue(()))
+    }
+}
+
+impl Supervisor {
+    /// The monitor goes with the supervisor.
+    fn stop_monitor(&self) {
+        self.monitor.kill();
     }
 }
 
@@ -189,7 +211,10 @@ impl Started {
 
     /// What the watchdog needs to check the devices.
     pub fn clone_for_heartbeat(&self) -> Heartbeats {
-        Heartbeats { supervisor: self.supervisor.clone(), state: self.handle.state.clone() }
+        Heartbeats {
+            supervisor: self.supervisor.clone(),
+            state: self.handle.state.clone(),
+        }
     }
 
     /// Stops in order: fail what is still queued, stop the inference actors (letting a running batch finish),
@@ -223,7 +248,9 @@ impl Heartbeats {
     /// Whether every device that has not given up answers a heartbeat within `timeout` (a device stuck in a
     /// batch does not).
     pub async fn all_alive(&self, timeout: Duration) -> bool {
-        let Ok((_, devices)) = self.supervisor.ask(Children).await else { return false };
+        let Ok((_, devices)) = self.supervisor.ask(Children).await else {
+            return false;
+        };
         for (index, device) in devices.iter().enumerate() {
             if self.state.devices[index].state() == DeviceState::Failed {
                 continue;

@@ -77,9 +77,14 @@ pub(crate) fn bind(path: &Path, mode: u32) -> Result<Bound, ServeError> {
 /// Serves a listening socket handed over by systemd (socket activation). The socket file belongs to systemd: it
 /// is neither replaced nor removed here.
 pub(crate) fn bind_activated(fd: std::os::fd::OwnedFd) -> Result<Bound, ServeError> {
-    let uds = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd)
-        .map_err(|source| ServeError::Bind { path: PathBuf::from("<socket from systemd>"), source })?;
-    Ok(Bound { listener: Listener::from(uds), path: None })
+    let uds = interprocess::os::unix::uds_local_socket::tokio::Listener::try_from(fd).map_err(|source| ServeError::Bind {
+        path: PathBuf::from("<socket from systemd>"),
+        source,
+    })?;
+    Ok(Bound {
+        listener: Listener::from(uds),
+        path: None,
+    })
 }
 
 /// Limits and allow-lists every connection follows.

@@ -8,7 +8,12 @@ use akidb::engine::pooling::cosine;
 use crate::util::Daemon;
 
 fn akictl(daemon_socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_akictl")).arg("--socket").arg(daemon_socket).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_akictl"))
+        .arg("--socket")
+        .arg(daemon_socket)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -60,15 +65,28 @@ fn embed_prints_the_clients_vectors() {
     let daemon = Daemon::start("");
     let output = akictl(&daemon.socket, &["embed", "a robot arm", "the red cup"]);
     assert!(output.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     let socket = daemon.socket.clone();
     let expected = crate::util::runtime().block_on(async move {
         let mut client = akidb::client::Client::connect(&socket).await.unwrap();
-        client.embed(&["a robot arm", "the red cup"], &EmbedParams::default()).await.unwrap().embeddings
+        client
+            .embed(&["a robot arm", "the red cup"], &EmbedParams::default())
+            .await
+            .unwrap()
+            .embeddings
     });
     for (line, expected) in lines.iter().zip(&expected) {
-        let got: Vec<f32> = line["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let got: Vec<f32> = line["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
         assert!(cosine(&got, expected) > 0.99999);
     }
     // stdin, one text per line, with options.
@@ -83,7 +101,11 @@ fn embed_prints_the_clients_vectors() {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
     let output = child.wait_with_output().unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[2]["text"], "three");
     assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), 32);
@@ -92,7 +114,23 @@ fn embed_prints_the_clients_vectors() {
 #[test]
 fn bench_is_bounded_and_its_figures_are_sane() {
     let daemon = Daemon::start("");
-    let output = akictl(&daemon.socket, &["bench", "--concurrency", "4", "--depth", "2", "--requests", "60", "--duration", "30", "--mix", "realtime=1,normal=2,bulk=1", "--json"]);
+    let output = akictl(
+        &daemon.socket,
+        &[
+            "bench",
+            "--concurrency",
+            "4",
+            "--depth",
+            "2",
+            "--requests",
+            "60",
+            "--duration",
+            "30",
+            "--mix",
+            "realtime=1,normal=2,bulk=1",
+            "--json",
+        ],
+    );
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["requests"], 60, "bounded by --requests");
@@ -128,7 +166,10 @@ fn metrics_are_prometheus_text() {
         let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
         value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let bare = name.split('{').next().unwrap();
-        assert!(bare.starts_with("akidb_") && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        assert!(
+            bare.starts_with("akidb_") && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{line}"
+        );
         if let Some(labels) = name.strip_prefix(bare) {
             assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
         }

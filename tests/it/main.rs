@@ -7,4 +7,5 @@ mod akictl;
 mod daemon;
 mod engine;
 mod systemd;
+mod thermal;
 mod util;

@@ -19,7 +19,10 @@ fn listen(socket: UnixDatagram) -> Arc<Mutex<Vec<(Instant, String)>>> {
         let mut buf = [0u8; 4096];
         loop {
             match socket.recv(&mut buf) {
-                Ok(n) => sink.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
+                Ok(n) => sink
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned())),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
                     if Arc::strong_count(&sink) == 1 {
                         return;
@@ -33,7 +36,12 @@ fn listen(socket: UnixDatagram) -> Arc<Mutex<Vec<(Instant, String)>>> {
 }
 
 fn count(messages: &Mutex<Vec<(Instant, String)>>, needle: &str, from: Instant, to: Instant) -> usize {
-    messages.lock().unwrap().iter().filter(|(at, m)| *at >= from && *at < to && m.lines().any(|l| l == needle)).count()
+    messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, m)| *at >= from && *at < to && m.lines().any(|l| l == needle))
+        .count()
 }
 
 #[test]
@@ -46,8 +54,19 @@ fn ready_watchdog_and_stopping_are_notified() {
     daemon.wait_ready();
     let ready_at = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(count(&messages, "READY=1", ready_at - Duration::from_secs(60), Instant::now()), 1, "READY=1 once, after warm-up");
-    assert!(count(&messages, "EXTEND_TIMEOUT_USEC=30000000", ready_at - Duration::from_secs(60), ready_at) >= 1);
+    assert_eq!(
+        count(&messages, "READY=1", ready_at - Duration::from_secs(60), Instant::now()),
+        1,
+        "READY=1 once, after warm-up"
+    );
+    assert!(
+        count(
+            &messages,
+            "EXTEND_TIMEOUT_USEC=30000000",
+            ready_at - Duration::from_secs(60),
+            ready_at
+        ) >= 1
+    );
 
     // WATCHDOG_USEC=400 ms: pinged every 200 ms while healthy.
     std::thread::sleep(Duration::from_millis(1500));
@@ -64,7 +83,12 @@ fn ready_watchdog_and_stopping_are_notified() {
     });
     let hang_start = Instant::now();
     std::thread::sleep(Duration::from_millis(2600));
-    let during = count(&messages, "WATCHDOG=1", hang_start + Duration::from_millis(500), hang_start + Duration::from_millis(2600));
+    let during = count(
+        &messages,
+        "WATCHDOG=1",
+        hang_start + Duration::from_millis(500),
+        hang_start + Duration::from_millis(2600),
+    );
     assert_eq!(during, 0, "no pings while the device is hung");
     hung.join().unwrap();
     std::thread::sleep(Duration::from_millis(1000));
@@ -84,7 +108,14 @@ fn socket_activation_serves_the_inherited_socket() {
     let config = dir.path().join("akidb.toml");
     // The configured socket path is deliberately elsewhere: the daemon must serve fd 3, not bind.
     let unused = dir.path().join("unused.sock");
-    std::fs::write(&config, util::daemon_config(dir.path(), &format!("[server]\nsocket = {unused:?}\n[[devices]]\nep = \"cpu\"\nintra_threads = 1\n"))).unwrap();
+    std::fs::write(
+        &config,
+        util::daemon_config(
+            dir.path(),
+            &format!("[server]\nsocket = {unused:?}\n[[devices]]\nep = \"cpu\"\nintra_threads = 1\n"),
+        ),
+    )
+    .unwrap();
     // Python stands in for systemd: bind and listen, put the socket at fd 3, set LISTEN_FDS/LISTEN_PID, exec.
     let script = r#"
 import os, socket, sys
@@ -108,7 +139,12 @@ os.execv(sys.argv[2], [sys.argv[2], "--config", sys.argv[3]])
         for _ in 0..600 {
             if let Ok(mut client) = akidb::client::Client::connect(&socket).await {
                 if client.health().await.ok().as_deref() == Some("ready") {
-                    return Some(client.embed(&["through an inherited socket"], &EmbedParams::default()).await.unwrap());
+                    return Some(
+                        client
+                            .embed(&["through an inherited socket"], &EmbedParams::default())
+                            .await
+                            .unwrap(),
+                    );
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

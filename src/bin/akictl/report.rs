@@ -3,7 +3,7 @@
 use std::fmt::Write;
 use std::path::Path;
 
-use akidb::protocol::message::StatusBody;
+use akidb::protocol::message::{SensorStatus, StatusBody};
 
 /// The `akictl status` screen; no line is longer than 80 columns.
 pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
@@ -38,6 +38,9 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
             device.batches,
             device.inputs
         );
+        if let Some(sensors) = &device.sensors {
+            let _ = writeln!(out, "    {}", clip(&sensor_line(sensors), 76));
+        }
         if let Some(error) = &device.last_error {
             let _ = writeln!(out, "    last error: {}", clip(error, 64));
         }
@@ -57,6 +60,13 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
             p.count, p.p50, p.p95, p.p99, p.max
         );
     }
+    let thermal = &status.thermal;
+    let hottest = thermal.hottest_c.map_or("unknown".to_owned(), |t| format!("{t:.1} C"));
+    let _ = writeln!(
+        out,
+        "thermal     {}  hottest {hottest}  (soft {:.0} C, hard {:.0} C)",
+        thermal.state, thermal.soft_c, thermal.hard_c
+    );
     let _ = writeln!(out);
     let t = &status.throughput;
     let _ = writeln!(
@@ -79,6 +89,32 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     let errors = if errors.is_empty() { "none".to_owned() } else { errors.join(", ") };
     let _ = writeln!(out, "errors      {}", clip(&errors, 68));
     out
+}
+
+/// "temp 61.2 C  power 8.0/15.0 W  util 35%  sm 918 MHz  mem 812 MiB [nvml+sysfs]", or why it is unknown.
+fn sensor_line(sensors: &SensorStatus) -> String {
+    let mut parts = Vec::new();
+    if let Some(t) = sensors.temperature_c {
+        parts.push(format!("temp {t:.1} C"));
+    }
+    match (sensors.power_w, sensors.power_limit_w) {
+        (Some(p), Some(limit)) => parts.push(format!("power {p:.1}/{limit:.0} W")),
+        (Some(p), None) => parts.push(format!("power {p:.1} W")),
+        _ => {}
+    }
+    if let Some(u) = sensors.utilization_pct {
+        parts.push(format!("util {u:.0}%"));
+    }
+    if let Some(c) = sensors.sm_clock_mhz {
+        parts.push(format!("sm {c:.0} MHz"));
+    }
+    if let Some(m) = sensors.memory_used_mib {
+        parts.push(format!("mem {m:.0} MiB"));
+    }
+    if parts.is_empty() {
+        return format!("sensors unknown: {}", sensors.unknown.as_deref().unwrap_or("no reading"));
+    }
+    format!("{} [{}]", parts.join("  "), sensors.source)
 }
 
 /// The status counters and gauges in Prometheus text exposition format.
@@ -165,6 +201,30 @@ pub fn prometheus(status: &StatusBody) -> String {
     }
     metric("device_batches_total", "counter", "Batches run per device.", devices);
     metric("device_restarts_total", "counter", "Inference actor restarts per device.", restarts);
+    let mut temperatures = Vec::new();
+    let mut power = Vec::new();
+    for d in &status.devices {
+        let labels = format!("{{device=\"{}\"}}", d.index);
+        if let Some(t) = d.sensors.as_ref().and_then(|s| s.temperature_c) {
+            temperatures.push((labels.clone(), t));
+        }
+        if let Some(p) = d.sensors.as_ref().and_then(|s| s.power_w) {
+            power.push((labels, p));
+        }
+    }
+    metric(
+        "device_temperature_celsius",
+        "gauge",
+        "Device temperature (absent when unknown).",
+        temperatures,
+    );
+    metric("device_power_watts", "gauge", "Device power draw (absent when unknown).", power);
+    let state = match status.thermal.state.as_str() {
+        "hard" => 2.0,
+        "soft" => 1.0,
+        _ => 0.0,
+    };
+    metric("thermal_state", "gauge", "0 normal, 1 soft, 2 hard.", vec![(String::new(), state)]);
     out
 }
 

@@ -306,6 +306,9 @@ pub struct StatusBody {
     pub padding_ratio: f64,
     /// Recent throughput.
     pub throughput: Throughput,
+    /// Thermal policy state.
+    #[serde(default)]
+    pub thermal: ThermalStatus,
 }
 
 /// `status.model`.
@@ -341,6 +344,62 @@ pub struct DeviceStatus {
     /// Last error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The monitor's latest reading (absent before the first sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensors: Option<SensorStatus>,
+}
+
+/// `status.devices[].sensors`: each figure absent when unknown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SensorStatus {
+    /// °C.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
+    /// Watts drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_w: Option<f64>,
+    /// Enforced power limit, watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_w: Option<f64>,
+    /// Percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_pct: Option<f64>,
+    /// MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_clock_mhz: Option<f64>,
+    /// MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_clock_mhz: Option<f64>,
+    /// MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_mib: Option<f64>,
+    /// Active throttle reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<String>,
+    /// Performance state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perf_state: Option<String>,
+    /// "nvml", "sysfs" or "nvml+sysfs".
+    pub source: String,
+    /// Why figures are unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<String>,
+}
+
+/// `status.thermal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ThermalStatus {
+    /// "normal" | "soft" | "hard".
+    pub state: String,
+    /// The hottest device reading, °C, if any is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hottest_c: Option<f64>,
+    /// Soft limit.
+    pub soft_c: f64,
+    /// Hard limit.
+    pub hard_c: f64,
+    /// State changes since start.
+    pub transitions: u64,
 }
 
 /// `status.counters`.

@@ -1,0 +1,155 @@
+//! The monitor actor: samples every device's sensors each `monitor.interval_ms`, publishes the readings in
+//! `status`, and pushes thermal state changes to the batcher (nobody polls it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kameo::actor::{Actor, ActorRef};
+use kameo::message::{Context, Message};
+
+use super::batcher::{Batcher, ThermalChange};
+use super::state::{lock, DaemonState};
+use crate::config::{DeviceConfig, EpKind, MonitorConfig};
+use crate::monitor::nvml::NvmlSource;
+use crate::monitor::sysfs::SysfsSource;
+use crate::monitor::thermal::{ThermalLimits, ThermalState};
+use crate::monitor::{Combined, Reading, SensorSource};
+use crate::protocol::message::SensorStatus;
+
+pub(crate) struct Monitor {
+    sources: Vec<Box<dyn SensorSource>>,
+    limits: ThermalLimits,
+    thermal: ThermalState,
+    state: Arc<DaemonState>,
+    batcher: ActorRef<Batcher>,
+}
+
+pub(crate) struct MonitorArgs {
+    pub config: MonitorConfig,
+    pub devices: Vec<DeviceConfig>,
+    pub state: Arc<DaemonState>,
+    pub batcher: ActorRef<Batcher>,
+}
+
+/// Timer tick: take a sample.
+struct Sample;
+
+// === impl Monitor ===
+
+impl Actor for Monitor {
+    type Args = MonitorArgs;
+    type Error = std::convert::Infallible;
+
+    async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
+        let config = &args.config;
+        let sources = args.devices.iter().map(|device| source_for(device, config)).collect();
+        let interval = Duration::from_millis(config.interval_ms);
+        let weak = actor_ref.downgrade();
+        tokio::spawn(async move {
+            loop {
+                let Some(actor) = weak.upgrade() else { return };
+                let _ = actor.tell(Sample).try_send();
+                drop(actor);
+                tokio::time::sleep(interval).await;
+            }
+        });
+        let limits = ThermalLimits {
+            soft_c: config.soft_c,
+            hard_c: config.hard_c,
+            hysteresis_c: config.hysteresis_c,
+            power_cap_w: config.power_cap_w,
+        };
+        {
+            let mut thermal = lock(&args.state.thermal);
+            thermal.soft_c = limits.soft_c;
+            thermal.hard_c = limits.hard_c;
+        }
+        Ok(Monitor {
+            sources,
+            limits,
+            thermal: ThermalState::Normal,
+            state: args.state,
+            batcher: args.batcher,
+        })
+    }
+}
+
+/// GPU devices: NVML, with sysfs (GPU zones) for what NVML does not tell. CPU devices: sysfs CPU zones.
+fn source_for(device: &DeviceConfig, config: &MonitorConfig) -> Box<dyn SensorSource> {
+    let gpu = matches!(device.ep, EpKind::Cuda | EpKind::Tensorrt);
+    let zones = if gpu { config.gpu_zones.clone() } else { config.cpu_zones.clone() };
+    let sysfs = SysfsSource {
+        root: config.sysfs_root.clone(),
+        zones,
+    };
+    Box::new(Combined {
+        nvml: gpu.then(|| NvmlSource::new(device.device_id)),
+        sysfs,
+    })
+}
+
+fn to_status(reading: Reading) -> SensorStatus {
+    SensorStatus {
+        temperature_c: reading.temperature_c,
+        power_w: reading.power_w,
+        power_limit_w: reading.power_limit_w,
+        utilization_pct: reading.utilization_pct,
+        sm_clock_mhz: reading.sm_clock_mhz,
+        mem_clock_mhz: reading.mem_clock_mhz,
+        memory_used_mib: reading.memory_used_mib,
+        throttle: reading.throttle,
+        perf_state: reading.perf_state,
+        source: reading.source,
+        unknown: reading.unknown_reason,
+    }
+}
+
+impl Message<Sample> for Monitor {
+    type Reply = ();
+
+    async fn handle(&mut self, _msg: Sample, _ctx: &mut Context<Self, Self::Reply>) {
+        let mut hottest: Option<f64> = None;
+        let mut power: Option<f64> = None;
+        for (index, source) in self.sources.iter_mut().enumerate() {
+            let reading = source.read();
+            if let Some(t) = reading.temperature_c {
+                hottest = Some(hottest.map_or(t, |h| h.max(t)));
+            }
+            if let Some(p) = reading.power_w {
+                power = Some(power.map_or(p, |q| q.max(p)));
+            }
+            let previous = lock(&self.state.devices[index].sensors).replace(to_status(reading));
+            let now_unknown = lock(&self.state.devices[index].sensors).as_ref().and_then(|s| s.unknown.clone());
+            if previous.is_none() {
+                if let Some(reason) = now_unknown {
+                    tracing::info!(device = index, %reason, "some sensor readings are unknown");
+                }
+            }
+        }
+        let next = self.limits.next(self.thermal, hottest, power);
+        {
+            let mut thermal = lock(&self.state.thermal);
+            thermal.hottest_c = hottest;
+            if next != self.thermal {
+                thermal.state = next.as_str().to_owned();
+                thermal.transitions += 1;
+            }
+        }
+        if next == self.thermal {
+            return;
+        }
+        let reason = match (hottest, power) {
+            (Some(t), Some(p)) => format!("{t:.1} °C, {p:.1} W"),
+            (Some(t), None) => format!("{t:.1} °C"),
+            (None, Some(p)) => format!("{p:.1} W"),
+            (None, None) => "no reading".to_owned(),
+        };
+        tracing::warn!(from = %self.thermal, to = %next, %reason, soft_c = self.limits.soft_c, hard_c = self.limits.hard_c, "thermal state changed");
+        self.thermal = next;
+        let message = format!(
+            "thermal state {next} ({reason}; soft {:.0} °C, hard {:.0} °C)",
+            self.limits.soft_c, self.limits.hard_c
+        );
+        let _ = self.batcher.tell(ThermalChange { state: next, message }).send().await;
+    }
+}

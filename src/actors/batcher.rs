@@ -16,14 +16,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kameo::actor::{Actor, ActorRef};
+use kameo::actor::{Actor, ActorId, ActorRef};
 use kameo::message::{Context, Message};
 use tokio::time::Instant;
 
 use super::inference::{InferenceActor, RunBatch};
 use super::queue::{Budget, Queues};
 use super::state::DaemonState;
-use super::{Item, ServeError};
+use super::supervisor::{ReplaceDevice, Supervisor};
+use super::{Item, Pending, ServeError};
 use crate::config::BatcherConfig;
 use crate::monitor::thermal::ThermalState;
 use crate::protocol::Priority;
@@ -46,6 +47,8 @@ pub(crate) struct Batcher {
     refill: Option<(Instant, usize)>,
     /// The monitor's latest thermal state and its explanation.
     thermal: (ThermalState, String),
+    /// Told to replace a device that is stuck in a batch.
+    supervisor: Option<ActorRef<Supervisor>>,
 }
 
 struct Worker {
@@ -56,6 +59,10 @@ struct Worker {
     outstanding: VecDeque<Duration>,
     /// When the batches sent are predicted to be done.
     busy_until: Instant,
+    /// The requests of each batch sent and not yet done, to answer them if the device gets stuck.
+    in_flight: VecDeque<Vec<Arc<Pending>>>,
+    /// When the batch now running was started (or sent to an idle device).
+    running_since: Instant,
     lost: bool,
 }
 
@@ -81,6 +88,7 @@ pub(crate) struct WorkerUp {
 /// An inference actor finished a batch.
 pub(crate) struct BatchDone {
     pub index: usize,
+    pub actor: ActorId,
     pub n_items: usize,
     pub padded_tokens: usize,
     pub elapsed: Duration,
@@ -99,6 +107,9 @@ pub(crate) struct WorkerLost {
 
 /// Fails everything still queued with `shutting_down` (end of the grace period).
 pub(crate) struct Drain;
+
+/// Who to ask for a replacement of a stuck device.
+pub(crate) struct SetSupervisor(pub ActorRef<Supervisor>);
 
 /// The monitor's thermal state changed.
 pub(crate) struct ThermalChange {
@@ -127,6 +138,8 @@ impl Actor for Batcher {
                     actor: None,
                     outstanding: VecDeque::new(),
                     busy_until: Instant::now(),
+                    in_flight: VecDeque::new(),
+                    running_since: Instant::now(),
                     lost: false,
                 })
                 .collect(),
@@ -138,6 +151,7 @@ impl Actor for Batcher {
             last_realtime: None,
             refill: None,
             thermal: (ThermalState::Normal, String::new()),
+            supervisor: None,
         })
     }
 }
@@ -282,6 +296,47 @@ impl Batcher {
         }
     }
 
+    /// Answers the batches of a device stuck in one batch longer than `stuck_timeout_ms` with `internal`, and asks
+    /// the supervisor for a fresh inference actor; schedules the next check otherwise.
+    fn check_stuck(&mut self) {
+        let timeout = Duration::from_millis(self.config.stuck_timeout_ms);
+        let now = Instant::now();
+        let mut next_check: Option<Instant> = None;
+        for index in 0..self.workers.len() {
+            let slot = &mut self.workers[index];
+            if slot.outstanding.is_empty() || slot.actor.is_none() {
+                continue;
+            }
+            let due = slot.running_since + timeout;
+            if due > now {
+                next_check = Some(next_check.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            let message = format!(
+                "inference device {index} was stuck in a batch for more than {} ms; it is being replaced",
+                timeout.as_millis()
+            );
+            tracing::error!(
+                device = index,
+                timeout_ms = timeout.as_millis() as u64,
+                "inference device stuck; replacing it"
+            );
+            for pendings in slot.in_flight.drain(..) {
+                for pending in pendings {
+                    pending.fail(ServeError::Internal(message.clone()));
+                }
+            }
+            slot.outstanding.clear();
+            slot.actor = None;
+            if let Some(supervisor) = &self.supervisor {
+                let _ = supervisor.tell(ReplaceDevice { index }).try_send();
+            }
+        }
+        if let Some(at) = next_check {
+            self.wake_at_least(at + Duration::from_millis(1));
+        }
+    }
+
     fn dispatch(&mut self) {
         let realtime_active = self.realtime_active();
         while !self.queues.is_empty() {
@@ -300,6 +355,7 @@ impl Batcher {
                 continue;
             }
             let predicted = self.predicted(picked.padded_tokens);
+            let pendings: Vec<Arc<Pending>> = picked.items.iter().map(|item| item.pending.clone()).collect();
             let batch = RunBatch {
                 items: picked.items,
                 padded_tokens: picked.padded_tokens,
@@ -310,12 +366,14 @@ impl Batcher {
             match actor.tell(batch).try_send() {
                 Ok(()) => {
                     let start = if slot.outstanding.is_empty() {
+                        slot.running_since = Instant::now();
                         Instant::now()
                     } else {
                         slot.busy_until
                     };
                     slot.busy_until = start + predicted;
                     slot.outstanding.push_back(predicted);
+                    slot.in_flight.push_back(pendings);
                 }
                 Err(err) => {
                     // The actor is restarting or gone; the batch's items answer `internal` as they drop. WorkerUp
@@ -325,6 +383,7 @@ impl Batcher {
                 }
             }
         }
+        self.check_stuck();
         self.update_gauges();
     }
 
@@ -381,6 +440,7 @@ impl Message<WorkerUp> for Batcher {
         let slot = &mut self.workers[msg.index];
         slot.actor = Some(msg.actor);
         slot.outstanding.clear();
+        slot.in_flight.clear();
         slot.lost = false;
         self.dispatch();
     }
@@ -391,7 +451,13 @@ impl Message<BatchDone> for Batcher {
 
     async fn handle(&mut self, msg: BatchDone, _ctx: &mut Context<Self, Self::Reply>) {
         let slot = &mut self.workers[msg.index];
+        if slot.actor.as_ref().map(|actor| actor.id()) != Some(msg.actor) {
+            // A batch of an actor that was replaced (stuck) or restarted: its requests were answered already.
+            return;
+        }
         slot.outstanding.pop_front();
+        slot.in_flight.pop_front();
+        slot.running_since = Instant::now();
         // The next prepared batch (if any) starts now.
         slot.busy_until = Instant::now() + slot.outstanding.iter().sum::<Duration>();
         if slot.outstanding.is_empty() && msg.n_items > 1 {
@@ -459,5 +525,13 @@ impl Message<ThermalChange> for Batcher {
             }
         }
         self.dispatch();
+    }
+}
+
+impl Message<SetSupervisor> for Batcher {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: SetSupervisor, _ctx: &mut Context<Self, Self::Reply>) {
+        self.supervisor = Some(msg.0);
     }
 }

@@ -46,6 +46,7 @@ pub(crate) struct InferenceArgs {
 
 pub(crate) struct InferenceActor {
     index: usize,
+    id: kameo::actor::ActorId,
     engine: Box<dyn Embedder>,
     batcher: ActorRef<Batcher>,
     state: Arc<DaemonState>,
@@ -103,7 +104,7 @@ impl Actor for InferenceActor {
             .batcher
             .tell(WorkerUp {
                 index: args.index,
-                actor: actor_ref,
+                actor: actor_ref.clone(),
             })
             .send()
             .await;
@@ -112,6 +113,7 @@ impl Actor for InferenceActor {
         }
         Ok(InferenceActor {
             index: args.index,
+            id: actor_ref.id(),
             engine,
             batcher: args.batcher,
             state: args.state,
@@ -209,6 +211,7 @@ impl Message<RunBatch> for InferenceActor {
         device.set_state(DeviceState::Ready);
         let done = BatchDone {
             index: self.index,
+            actor: self.id,
             n_items: n_live,
             padded_tokens: msg.padded_tokens,
             elapsed: started.elapsed(),

@@ -17,7 +17,7 @@ use kameo::supervision::{RestartPolicy, SupervisionStrategy};
 use ort::environment::Environment;
 use tokio::sync::watch;
 
-use super::batcher::{Batcher, BatcherArgs, Drain, WorkerLost, MAILBOX};
+use super::batcher::{Batcher, BatcherArgs, Drain, SetSupervisor, WorkerLost, MAILBOX};
 use super::inference::{Heartbeat, InferenceActor, InferenceArgs, Startup};
 use super::monitor::{Monitor, MonitorArgs};
 use super::state::{lock, DaemonState, DeviceState, Phase};
@@ -41,6 +41,8 @@ pub(crate) struct Supervisor {
     devices: Vec<ActorRef<InferenceActor>>,
     device_ids: HashMap<ActorId, usize>,
     startups: Vec<watch::Receiver<Startup>>,
+    device_args: Vec<InferenceArgs>,
+    restart_limit: (u32, Duration),
 }
 
 /// The running actors.
@@ -51,6 +53,11 @@ pub(crate) struct Started {
 
 /// Asks for the refs needed to stop in order.
 struct Children;
+
+/// A device is stuck in a batch: start a fresh inference actor for it and let the stuck one go.
+pub(crate) struct ReplaceDevice {
+    pub index: usize,
+}
 
 /// Asks for the devices' start-up watches.
 struct Startups;
@@ -88,6 +95,8 @@ impl Actor for Supervisor {
         let mut devices = Vec::new();
         let mut device_ids = HashMap::new();
         let mut startups = Vec::new();
+        let mut device_args = Vec::new();
+        let _ = batcher.tell(SetSupervisor(actor_ref.clone())).send().await;
         for (index, device) in devices_config.into_iter().enumerate() {
             let (startup_tx, startup_rx) = watch::channel(Startup::Pending);
             let inference_args = InferenceArgs {
@@ -102,11 +111,9 @@ impl Actor for Supervisor {
                 warmup_batch: batcher_cfg.max_batch_size.min(8),
                 startup: Arc::new(startup_tx),
             };
-            let actor = InferenceActor::supervise(&actor_ref, inference_args)
-                .restart_policy(RestartPolicy::Transient)
-                .restart_limit(batcher_cfg.max_restarts, Duration::from_secs(batcher_cfg.restart_window_s))
-                .spawn_in_thread()
-                .await;
+            device_args.push(inference_args.clone());
+            let restart_limit = (batcher_cfg.max_restarts, Duration::from_secs(batcher_cfg.restart_window_s));
+            let actor = spawn_device(&actor_ref, inference_args, restart_limit).await;
             device_ids.insert(actor.id(), index);
             devices.push(actor);
             startups.push(startup_rx);
@@ -118,6 +125,11 @@ impl Actor for Supervisor {
             devices,
             device_ids,
             startups,
+            device_args,
+            restart_limit: (
+                args.config.batcher.max_restarts,
+                Duration::from_secs(args.config.batcher.restart_window_s),
+            ),
         })
     }
 
@@ -168,6 +180,37 @@ impl kameo::message::Message<Startups> for Supervisor {
 
     async fn handle(&mut self, _msg: Startups, _ctx: &mut kameo::message::Context<Self, Self::Reply>) -> Self::Reply {
         self.startups.clone()
+    }
+}
+
+/// One supervised inference actor on its own thread.
+async fn spawn_device(
+    supervisor: &ActorRef<Supervisor>,
+    args: InferenceArgs,
+    (restarts, window): (u32, Duration),
+) -> ActorRef<InferenceActor> {
+    InferenceActor::supervise(supervisor, args)
+        .restart_policy(RestartPolicy::Transient)
+        .restart_limit(restarts, window)
+        .spawn_in_thread()
+        .await
+}
+
+impl kameo::message::Message<ReplaceDevice> for Supervisor {
+    type Reply = ();
+
+    async fn handle(&mut self, msg: ReplaceDevice, ctx: &mut kameo::message::Context<Self, Self::Reply>) {
+        let index = msg.index;
+        let stuck = self.devices[index].clone();
+        // The stuck actor's thread cannot be interrupted inside ONNX Runtime; it stops once its batch returns.
+        self.device_ids.remove(&stuck.id());
+        tokio::spawn(async move {
+            let _ = stuck.stop_gracefully().await;
+        });
+        self.state.devices[index].set_state(DeviceState::Restarting);
+        let fresh = spawn_device(ctx.actor_ref(), self.device_args[index].clone(), self.restart_limit).await;
+        self.device_ids.insert(fresh.id(), index);
+        self.devices[index] = fresh;
     }
 }
 

@@ -518,3 +518,37 @@ async fn a_client_that_never_reads_cannot_make_the_daemon_buffer_without_bound()
     );
     sender.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
+    let daemon = Daemon::start("[batcher]\nstuck_timeout_ms = 500\n");
+    let mut stuck = daemon.client().await;
+    let started = tokio::time::Instant::now();
+    let (code, message) = server_code(
+        within(30, stuck.embed(&["\0akidb-fault:hang:4000"], &EmbedParams::default()))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ErrorCode::Internal);
+    assert!(message.contains("stuck"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "answered at the stuck timeout, not when the batch returned"
+    );
+    // A fresh inference actor serves while the stuck one is still blocked.
+    let mut client = daemon.client().await;
+    let served = within(20, client.embed(&["served by the replacement"], &EmbedParams::default()))
+        .await
+        .unwrap();
+    assert_eq!(served.embeddings[0].len(), 384);
+    assert!(
+        started.elapsed() < Duration::from_millis(3900),
+        "served before the stuck batch returned"
+    );
+    let status = client.status().await.unwrap();
+    assert_eq!(status.devices[0].restarts, 1);
+    // The stuck batch returning later changes nothing.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    within(20, client.embed(&["still fine"], &EmbedParams::default())).await.unwrap();
+    assert_eq!(client.health().await.unwrap(), "ready");
+}

@@ -78,7 +78,24 @@ impl TextTokenizer {
     /// Tokenizes one input. With `truncate == false` an over-long input is [`EngineError::InputTooLong`]
     /// (with index 0: the caller knows the real index).
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Encoded, EngineError> {
-        let encoding = self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        // A very long text is first tokenized from a prefix: if the prefix alone overflows max_tokens, its first
+        // max_tokens tokens are the whole text's (the cut is at whitespace, where pre-tokenization splits anyway),
+        // and a 10 MB input costs no more than a few KB of it. Otherwise the whole text is tokenized.
+        let window = self.max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN);
+        let encoding = match prefix_cut(text, window) {
+            Some(cut) => {
+                let prefix = self
+                    .inner
+                    .encode(&text[..cut], true)
+                    .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+                if prefix.get_overflowing().is_empty() {
+                    self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?
+                } else {
+                    prefix
+                }
+            }
+            None => self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+        };
         let truncated = !encoding.get_overflowing().is_empty();
         if truncated && !truncate {
             return Err(EngineError::InputTooLong {
@@ -108,11 +125,45 @@ impl TextTokenizer {
     }
 }
 
+/// Bytes of text per allowed token tried first for very long inputs (English averages about 4-5).
+const PREFIX_BYTES_PER_TOKEN: usize = 16;
+
+/// Where to cut a text longer than twice `window` bytes: the last whitespace before `window` (else the char
+/// boundary there). `None` for texts short enough to tokenize whole.
+fn prefix_cut(text: &str, window: usize) -> Option<usize> {
+    if text.len() <= window.saturating_mul(2) {
+        return None;
+    }
+    let mut cut = window;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let at_space = text[..cut].rfind(char::is_whitespace).filter(|&i| i > window / 2);
+    Some(at_space.unwrap_or(cut))
+}
+
 impl std::fmt::Debug for TextTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextTokenizer")
             .field("max_tokens", &self.max_tokens)
             .field("pad_id", &self.pad_id)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_cut;
+
+    #[test]
+    fn prefix_cut_is_at_whitespace_and_char_boundaries() {
+        assert_eq!(prefix_cut("short text", 100), None);
+        let text = "word ".repeat(100);
+        let cut = prefix_cut(&text, 52).unwrap();
+        assert_eq!(&text[cut..cut + 1], " ");
+        assert!(cut <= 52);
+        let cjk = "機".repeat(100);
+        let cut = prefix_cut(&cjk, 50).unwrap();
+        assert!(cjk.is_char_boundary(cut));
     }
 }

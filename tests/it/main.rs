@@ -6,6 +6,7 @@
 mod akictl;
 mod daemon;
 mod engine;
+mod hostile;
 mod systemd;
 mod thermal;
 mod util;

@@ -4,7 +4,7 @@ CONFIG ?= config/akidb.toml
 # The integration tests need the test-only fault hooks compiled into akidbd.
 TEST_FEATURES = --features fault-injection
 
-.PHONY: setup build run test lint fmt bench install verify-units clean-setup
+.PHONY: setup build run test lint fmt bench soak install verify-units clean-setup
 
 setup:
 	@tools/setup.sh
@@ -29,6 +29,9 @@ fmt:
 bench: setup
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench daemon
+
+soak:
+	SOAK_SECS=$${SOAK_SECS:-600} tools/soak.sh
 
 install:
 	tools/install.sh

@@ -219,3 +219,55 @@ fn kill_9_under_load_then_restart() {
     let _ = restarted.wait();
     assert!(served);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_answers_every_request_exactly_once() {
+    let daemon = Daemon::start("[batcher.queue_capacity]\nrealtime = 256\nnormal = 256\nbulk = 256\n");
+    let mut tasks = Vec::new();
+    for conn in 0..8u64 {
+        let socket = daemon.socket.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+            let mut sent = std::collections::HashSet::new();
+            let texts: Vec<String> = (0..8).map(|i| format!("overload text {conn} {i} with a few more words")).collect();
+            for r in 0..150u64 {
+                let params = EmbedParams {
+                    deadline_ms: (r % 2 == 0).then_some(300),
+                    ..EmbedParams::default()
+                };
+                sent.insert(client.send(akidb::client::embed_request(&texts, &params)).await.unwrap());
+            }
+            let mut codes = std::collections::BTreeMap::new();
+            for _ in 0..sent.len() {
+                let reply = within(120, client.recv()).await.unwrap();
+                assert!(sent.remove(&reply.id), "one reply per request, to a request that was sent");
+                let code = match akidb::client::check(reply) {
+                    Ok(_) => "ok".to_owned(),
+                    Err(ClientError::Server { code, .. }) => code.as_str().to_owned(),
+                    Err(other) => panic!("{other}"),
+                };
+                *codes.entry(code).or_insert(0u64) += 1;
+            }
+            codes
+        }));
+    }
+    let mut total = std::collections::BTreeMap::new();
+    for task in tasks {
+        for (code, n) in task.await.unwrap() {
+            *total.entry(code).or_insert(0u64) += n;
+        }
+    }
+    eprintln!("overload outcomes: {total:?}");
+    assert_eq!(total.values().sum::<u64>(), 8 * 150);
+    assert!(total.get("ok").copied().unwrap_or(0) > 0, "{total:?}");
+    assert!(
+        total
+            .keys()
+            .all(|code| ["ok", "overloaded", "deadline_exceeded"].contains(&code.as_str())),
+        "{total:?}"
+    );
+    assert!(
+        total.get("overloaded").copied().unwrap_or(0) > 0,
+        "the queues did overflow: {total:?}"
+    );
+}

@@ -44,6 +44,12 @@ pub struct BenchArgs {
     /// Per-request deadline in ms.
     #[arg(long)]
     pub deadline_ms: Option<u64>,
+    /// The daemon's socket (filled in from the global --socket).
+    #[arg(skip)]
+    pub socket: Option<PathBuf>,
+    /// Reconnect after this many requests on a connection (client churn; 0 = never).
+    #[arg(long, default_value_t = 0)]
+    pub churn: u64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -77,7 +83,8 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-pub async fn run(socket: &Path, args: BenchArgs) -> Result<ExitCode, ClientError> {
+pub async fn run(socket: &Path, mut args: BenchArgs) -> Result<ExitCode, ClientError> {
+    args.socket = Some(socket.to_owned());
     let mix = match parse_mix(&args.mix) {
         Some(mix) => mix,
         None => {
@@ -164,8 +171,18 @@ async fn connection(
     let mut tally = Tally::default();
     let mut in_flight: HashMap<u64, (Instant, Priority, usize)> = HashMap::new();
     let mut counter = conn * 7919;
+    let mut on_this_connection = 0u64;
     loop {
-        while in_flight.len() < args.depth.max(1) && Instant::now() < deadline && take_one(budget) {
+        if args.churn > 0 && on_this_connection >= args.churn && in_flight.is_empty() {
+            client = Client::connect(&client_socket(args)).await?;
+            on_this_connection = 0;
+        }
+        while in_flight.len() < args.depth.max(1)
+            && Instant::now() < deadline
+            && (args.churn == 0 || on_this_connection < args.churn)
+            && take_one(budget)
+        {
+            on_this_connection += 1;
             let class = mix[counter % mix.len()];
             let batch: Vec<&String> = (0..args.batch.max(1))
                 .map(|i| &texts[(counter * 31 + i * 17) % texts.len()])
@@ -199,6 +216,10 @@ async fn connection(
             Err(other) => return Err(other),
         }
     }
+}
+
+fn client_socket(args: &BenchArgs) -> std::path::PathBuf {
+    args.socket.clone().expect("set by run()")
 }
 
 fn take_one(budget: &std::sync::atomic::AtomicU64) -> bool {

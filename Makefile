@@ -4,7 +4,7 @@ CONFIG ?= config/akidb.toml
 # The integration tests need the test-only fault hooks compiled into akidbd.
 TEST_FEATURES = --features fault-injection
 
-.PHONY: setup build run test lint fmt bench soak install verify-units clean-setup
+.PHONY: setup build run test lint fmt bench soak fuzz install verify-units clean-setup
 
 setup:
 	@tools/setup.sh
@@ -29,6 +29,14 @@ fmt:
 bench: setup
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench daemon
+
+# Each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
+FUZZ_SECS ?= 300
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	for target in frame request; do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir tools/fuzz -O $$target -- -max_total_time=$(FUZZ_SECS) -max_len=8192 || exit 1; \
+	done
 
 soak:
 	SOAK_SECS=$${SOAK_SECS:-600} tools/soak.sh

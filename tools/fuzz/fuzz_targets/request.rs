@@ -1,0 +1,14 @@
+//! Fuzzes request decoding: any body gives a request or a request error with a code, never a panic; a decoded
+//! embed request respects max_inputs.
+#![no_main]
+
+use akidb::protocol::message::{decode_request, Op};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(request) = decode_request(data, 8) {
+        if let Op::Embed(embed) = request.op {
+            assert!(!embed.inputs.is_empty() && embed.inputs.len() <= 8);
+        }
+    }
+});

@@ -7,6 +7,7 @@ mod akictl;
 mod daemon;
 mod engine;
 mod hostile;
+mod python;
 mod systemd;
 mod thermal;
 mod util;

@@ -186,6 +186,8 @@ pub struct DeviceConfig {
     pub device_id: u32,
     /// ORT intra-op threads (0 = ORT's default: one per core).
     pub intra_threads: usize,
+    /// CPU provider: keep ORT's memory arena (more throughput, more resident memory).
+    pub cpu_arena: bool,
     /// Providers to try, in order, when `ep` does not register. Empty: startup fails instead.
     pub fallback: Vec<EpKind>,
     /// Make session creation fail if any node would run on the CPU (GPU providers only).
@@ -539,6 +541,7 @@ impl Default for DeviceConfig {
             ep: EpKind::Cpu,
             device_id: 0,
             intra_threads: 0,
+            cpu_arena: false,
             fallback: Vec::new(),
             disable_cpu_fallback: false,
             tensorrt: TensorrtConfig::default(),

@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # akidb: the two Quick-start commands are `make run` and `make test`.
 CARGO ?= cargo
 CONFIG ?= config/akidb.toml
@@ -16,8 +17,8 @@ run: build
 	$(CARGO) run --release --bin akidbd -- --config $(CONFIG)
 
 test: setup
-	$(CARGO) test $(TEST_FEATURES) --all-targets
-	$(CARGO) test $(TEST_FEATURES) --doc
+	$(CARGO) test $(TEST_FEATURES) --all-targets 2>&1 | tee target/test.log; test $${PIPESTATUS[0]} -eq 0
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -157,7 +157,8 @@ impl Client {
     async fn call(&mut self, request: RawRequest) -> Result<Vec<u8>, ClientError> {
         let id = self.send(request).await?;
         let reply = self.recv().await?;
-        if reply.id != id {
+        // Connection-level errors (permission_denied, frame_too_large) come with id 0.
+        if reply.id != id && !(reply.id == 0 && !reply.ok) {
             return Err(ClientError::Decode(format!("expected the reply to request {id}, got {}", reply.id)));
         }
         check(reply)

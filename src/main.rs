@@ -38,7 +38,14 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_SOCKET: u8 = 75;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // Help and version go to stdout with status 0; usage errors exit with EXIT_CONFIG, not clap's 2.
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { EXIT_CONFIG } else { 0 });
+        }
+    };
     let config = match load_config(&args) {
         Ok(config) => config,
         Err(message) => {

@@ -246,14 +246,16 @@ impl Batcher {
 
     /// Makes sure a `Wake` arrives at `at` or earlier.
     fn wake_at_least(&mut self, at: Instant) {
-        if self.wake_at.is_some_and(|pending| pending <= at) {
+        // A pending wake-up in the past has fired (or is about to be handled): it does not cover a new one.
+        if self.wake_at.is_some_and(|pending| pending <= at && pending > Instant::now()) {
             return;
         }
         self.wake_at = Some(at);
         let actor = self.self_ref.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
-            let _ = actor.tell(Wake).try_send();
+            // `send` waits for room: a lost wake-up could leave an idle device waiting for no one.
+            let _ = actor.tell(Wake).send().await;
         });
     }
 

@@ -89,6 +89,9 @@ struct PendingInner {
     truncated: Vec<usize>,
     first_start: Option<Instant>,
     inference_us: u64,
+    /// Start times of the batches already counted in `inference_us` (a batch holding several of the request's
+    /// inputs counts once).
+    batches_counted: Vec<Instant>,
 }
 
 /// One input of a request, queued in the batcher and run by an inference actor.
@@ -197,6 +200,7 @@ impl DaemonHandle {
                 truncated: encoded.iter().enumerate().filter(|(_, e)| e.truncated).map(|(i, _)| i).collect(),
                 first_start: None,
                 inference_us: 0,
+                batches_counted: Vec::new(),
             }),
         });
         encoded
@@ -251,7 +255,10 @@ impl Pending {
             inner.remaining -= 1;
         }
         inner.first_start = Some(inner.first_start.map_or(batch_start, |t| t.min(batch_start)));
-        inner.inference_us += batch_us;
+        if !inner.batches_counted.contains(&batch_start) {
+            inner.batches_counted.push(batch_start);
+            inner.inference_us += batch_us;
+        }
         if inner.remaining > 0 {
             return;
         }

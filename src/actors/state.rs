@@ -17,7 +17,7 @@ use crate::protocol::{ErrorCode, Priority};
 /// How long latency samples and throughput are kept for `status`.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Most samples kept per class in the window.
-const MAX_SAMPLES: usize = 20_000;
+const MAX_SAMPLES: usize = 100_000;
 
 /// The daemon's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,7 +244,14 @@ impl DaemonState {
             let mut micros: Vec<u64> = window.iter().map(|s| s.latency_us).collect();
             latency.insert(priority.as_str().to_owned(), percentiles(&mut micros));
         }
-        let span = now.duration_since(self.started).min(WINDOW).as_secs_f64().max(1e-3);
+        // When a window is capped by MAX_SAMPLES it covers less than WINDOW: measure over what it covers.
+        let capped = windows.iter().any(|w| w.len() >= MAX_SAMPLES);
+        let covered = if capped {
+            now.duration_since(oldest)
+        } else {
+            now.duration_since(self.started).min(WINDOW)
+        };
+        let span = covered.as_secs_f64().max(1e-3);
         let throughput = Throughput {
             window_s: span,
             requests_per_s: requests as f64 / span,

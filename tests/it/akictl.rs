@@ -37,6 +37,7 @@ fn status_fits_80_columns_and_json_parses() {
     assert!(value["counters"]["inputs"].as_u64().unwrap() >= 1);
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn health_exit_codes_ready_starting_absent() {
     let daemon = Daemon::start("");

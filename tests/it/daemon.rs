@@ -1,6 +1,7 @@
 //! The real `akidbd` with the real model, driven over its socket as clients drive it.
 
 use std::collections::HashMap;
+use std::process::Command;
 use std::time::Duration;
 
 use akidb::client::{ClientError, EmbedParams, ErrorCode, Priority};
@@ -177,6 +178,7 @@ async fn oversized_frame_is_refused_and_closes_only_its_connection() {
     good.embed(&["fine"], &EmbedParams::default()).await.unwrap();
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_and_overload_are_answered_at_once() {
     let daemon = Daemon::start("[batcher]\nmax_batch_size = 1\n[batcher.queue_capacity]\nrealtime = 256\nnormal = 256\nbulk = 256\n");
@@ -224,6 +226,7 @@ async fn deadline_and_overload_are_answered_at_once() {
     assert!(reply.ok);
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_mid_batch_fails_that_batch_and_the_daemon_keeps_serving() {
     let daemon = Daemon::start("[batcher]\nmax_restarts = 5\n");
@@ -253,6 +256,7 @@ async fn a_panic_mid_batch_fails_that_batch_and_the_daemon_keeps_serving() {
     assert_eq!(client.health().await.unwrap(), "ready");
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_past_its_restart_limit_leaves_the_daemon_degraded_and_unavailable() {
     let daemon = Daemon::start("[batcher]\nmax_restarts = 0\n");
@@ -391,6 +395,7 @@ fn socket_file_gets_the_configured_mode() {
     assert_eq!(mode, 0o600);
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn health_says_starting_during_warm_up() {
     let daemon = Daemon::spawn("", &[("AKIDB_FAULT_WARMUP_MS", "3000")]);
@@ -519,6 +524,7 @@ async fn a_client_that_never_reads_cannot_make_the_daemon_buffer_without_bound()
     sender.abort();
 }
 
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
     let daemon = Daemon::start("[batcher]\nstuck_timeout_ms = 500\n");
@@ -551,4 +557,33 @@ async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     within(20, client.embed(&["still fine"], &EmbedParams::default())).await.unwrap();
     assert_eq!(client.health().await.unwrap(), "ready");
+}
+
+#[test]
+fn a_peer_outside_the_allow_lists_gets_permission_denied() {
+    // Tests run as root, who is always admitted; a client run as `nobody` through setpriv is not on the lists.
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("NOT RUN: setpriv (util-linux) is missing");
+        return;
+    }
+    let daemon = Daemon::start("[server]\nsocket_mode = \"0666\"\nallowed_uids = [4242]\nallowed_gids = [4242]\n");
+    std::fs::set_permissions(daemon.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_akictl"))
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("health")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("permission_denied"), "{stderr}");
+    // Root still gets in, and the refusal is counted.
+    let socket = daemon.socket.clone();
+    let errors = util::runtime().block_on(async move {
+        let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+        client.status().await.unwrap().counters.errors
+    });
+    assert_eq!(errors.get("permission_denied"), Some(&1));
 }

@@ -1,7 +1,8 @@
 //! Integration tests, built as one binary (see docs/ARCHITECTURE.md, "Testing").
 //!
-//! `engine` runs the in-process engine on the real models; `daemon`, `protocol_errors` and `akictl` start the real
-//! `akidbd` binary on a temporary socket and talk to it as clients do.
+//! `engine` runs the in-process engine on the real models; the other modules start the real `akidbd` binary on a
+//! temporary socket and talk to it as clients do. Tests that need the test-only fault hooks are compiled with the
+//! `fault-injection` feature, which `make test` turns on.
 
 mod akictl;
 mod daemon;

@@ -44,6 +44,7 @@ fn count(messages: &Mutex<Vec<(Instant, String)>>, needle: &str, from: Instant, 
         .count()
 }
 
+#[cfg(feature = "fault-injection")]
 #[test]
 fn ready_watchdog_and_stopping_are_notified() {
     let dir = tempfile::tempdir().unwrap();

@@ -72,7 +72,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) => {
+            // Help and version go to stdout with status 0; usage errors exit with EXIT_USAGE, not clap's 2.
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     let socket = args.socket.clone().unwrap_or_else(akidb::config::default_socket_path);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

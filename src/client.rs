@@ -158,7 +158,7 @@ impl Client {
         let id = self.send(request).await?;
         let reply = self.recv().await?;
         // Connection-level errors (permission_denied, frame_too_large) come with id 0.
-        if reply.id != id && !(reply.id == 0 && !reply.ok) {
+        if (reply.ok || reply.id != 0) && reply.id != id {
             return Err(ClientError::Decode(format!("expected the reply to request {id}, got {}", reply.id)));
         }
         check(reply)

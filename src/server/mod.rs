@@ -180,6 +180,19 @@ async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<Conne
         );
         let mut stream = stream;
         let _ = tokio::time::timeout(Duration::from_secs(1), write_frame(&mut stream, &encode(&reply))).await;
+        // Let the client finish sending its first request before closing, so that it reads the refusal instead of
+        // failing its write with a broken pipe.
+        let _ = tokio::time::timeout(Duration::from_millis(500), async {
+            let mut sink = [0u8; 4096];
+            let mut total = 0usize;
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                total += n;
+                if n == 0 || total > 64 * 1024 {
+                    break;
+                }
+            }
+        })
+        .await;
         handle
             .state
             .record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::PermissionDenied));

@@ -563,7 +563,7 @@ async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
 fn a_peer_outside_the_allow_lists_gets_permission_denied() {
     // Tests run as root, who is always admitted; a client run as `nobody` through setpriv is not on the lists.
     if Command::new("setpriv").arg("--version").output().is_err() {
-        eprintln!("NOT RUN: setpriv (util-linux) is missing");
+        crate::util::say("NOT RUN: setpriv (util-linux) is missing");
         return;
     }
     let daemon = Daemon::start("[server]\nsocket_mode = \"0666\"\nallowed_uids = [4242]\nallowed_gids = [4242]\n");

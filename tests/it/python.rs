@@ -13,7 +13,7 @@ fn python_client_matches_the_references() {
         .env("PYTHONPATH", &deps)
         .status();
     if !matches!(probe, Ok(status) if status.success()) {
-        eprintln!("NOT RUN: python3 with msgpack is missing (tools/setup.sh installs it into target/python)");
+        crate::util::say("NOT RUN: python3 with msgpack is missing (tools/setup.sh installs it into target/python)");
         return;
     }
     let daemon = Daemon::start("");

@@ -58,7 +58,7 @@ pub fn fixtures() -> (Vec<Fixture>, &'static str) {
     if full.is_file() {
         (read_jsonl(&full), "../shared/fixtures/minilm/public.jsonl (200 texts)")
     } else {
-        eprintln!("note: ../shared is absent; using the committed 38-text sample of the fixtures");
+        crate::util::say("note: ../shared is absent; using the committed 38-text sample of the fixtures");
         (
             read_jsonl(&repo().join("tests/data/minilm-sample.jsonl")),
             "tests/data/minilm-sample.jsonl (38 texts)",
@@ -255,4 +255,10 @@ pub async fn within<T>(secs: u64, future: impl std::future::Future<Output = T>) 
     tokio::time::timeout(std::time::Duration::from_secs(secs), future)
         .await
         .expect("timed out")
+}
+
+/// Prints past the test harness's output capture, so that a test that could not run says so in every run.
+pub fn say(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{message}");
 }

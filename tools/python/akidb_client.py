@@ -1,33 +1,58 @@
-"""Python client for akidbd (protocol v1): length-prefixed MessagePack over a Unix socket.
+"""Python client for akidbd, protocol v1: length-prefixed MessagePack over a Unix socket.
+
+Each frame is a 4-byte big-endian body length followed by the body, one MessagePack map with string keys
+(see docs/PROTOCOL.md)::
 
     from akidb_client import Client
-    with Client() as c:
-        vectors = c.embed(["the robot picks up the red cup"], priority="realtime")
 
-Needs the PyPI package ``msgpack``; returns numpy arrays when numpy is installed, else lists of floats.
+    with Client() as client:                       # the daemon's default socket
+        vectors = client.embed(["the robot picks up the red cup"], priority="realtime")
+        print(vectors.shape)                       # (1, 384) float32 when numpy is installed
+
+The only dependency is the PyPI package ``msgpack``. When numpy is importable, vectors come back as an
+``(n, dim)`` float32 array; otherwise as a list of ``n`` lists of ``dim`` Python floats.
 """
 
 from __future__ import annotations
 
+import array
 import os
 import socket
 import struct
-from typing import Any, Dict, List, Optional, Sequence
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Set, Union
 
 import msgpack
 
 try:  # numpy is optional
     import numpy as _np
-except ImportError:  # pragma: no cover - exercised with --no-numpy
+except ImportError:  # exercised by test_client.py --no-numpy
     _np = None
 
-__all__ = ["Client", "AkidbError", "default_socket_path"]
+__all__ = ["Client", "AkidbError", "default_socket_path", "PROTOCOL_VERSION", "HAVE_NUMPY"]
+
+#: The protocol version this client speaks.
+PROTOCOL_VERSION = 1
+#: Whether numpy could be imported (``Client`` then returns arrays unless ``use_numpy=False``).
+HAVE_NUMPY = _np is not None
+
+_LENGTH = struct.Struct(">I")
+_MAX_FRAME = 0xFFFFFFFF
+
+#: What :meth:`Client.embed` returns: an (n, dim) float32 numpy array, or a list of lists of floats.
+Vectors = Union["_np.ndarray", List[List[float]]]
 
 
 class AkidbError(Exception):
-    """The daemon answered with an error reply (``code`` is one of the protocol's error codes)."""
+    """The daemon answered with an error reply.
 
-    def __init__(self, code: str, message: str, request_id: int = 0):
+    ``code`` is one of the protocol's machine-readable codes (``invalid_request``, ``overloaded``,
+    ``deadline_exceeded``, ...); ``message`` is the daemon's English explanation, for people only;
+    ``request_id`` is the id of the request it answers (0 for connection-level errors such as
+    ``permission_denied`` and ``frame_too_large``, after which the daemon closes the connection).
+    """
+
+    def __init__(self, code: str, message: str, request_id: int = 0) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
@@ -35,7 +60,7 @@ class AkidbError(Exception):
 
 
 def default_socket_path() -> str:
-    """The daemon's default: ``$XDG_RUNTIME_DIR/akidb/embed.sock``, else ``/tmp/akidb-<uid>/embed.sock``."""
+    """The daemon's default socket: ``$XDG_RUNTIME_DIR/akidb/embed.sock``, else ``/tmp/akidb-<uid>/embed.sock``."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         return os.path.join(runtime, "akidb", "embed.sock")
@@ -43,21 +68,38 @@ def default_socket_path() -> str:
 
 
 class Client:
-    """One connection to akidbd. Not thread-safe: use one client per thread."""
+    """One connection to akidbd. Not thread-safe: use one client per thread.
 
-    def __init__(self, path: Optional[str] = None, *, timeout: Optional[float] = 60.0, use_numpy: bool = True):
+    ``path``: the socket (default :func:`default_socket_path`). ``timeout``: seconds a send or a read may block
+    (``None``: forever). ``use_numpy=False`` returns lists even when numpy is installed.
+
+    Simple calls (:meth:`embed`, :meth:`health`, :meth:`info`, :meth:`status`) send one request and wait for
+    its reply. For pipelining, :meth:`submit` sends embed requests without waiting and :meth:`result` collects
+    any of them later: replies arrive in completion order, and those read while waiting for another are kept
+    until asked for.
+    """
+
+    def __init__(self, path: Optional[str] = None, *, timeout: Optional[float] = 60.0, use_numpy: bool = True) -> None:
         self.path = path or default_socket_path()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        self._sock.connect(self.path)
-        self._next_id = 1
-        self._pending: Dict[int, Dict[str, Any]] = {}
         self._numpy = _np if use_numpy else None
+        self._next_id = 1
+        self._in_flight: Set[int] = set()
+        self._replies: Dict[int, Dict[str, Any]] = {}
+        self._sock: Optional[socket.socket] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(timeout)
+            self._sock.connect(self.path)
+        except BaseException:
+            self._sock.close()
+            raise
 
-    # --- plumbing -------------------------------------------------------------------------------------------
+    # --- connection ---------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._sock.close()
+        """Closes the connection (replies still in flight are lost). Safe to call twice."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def __enter__(self) -> "Client":
         return self
@@ -65,77 +107,160 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def pending(self) -> List[int]:
+        """Ids of requests sent and not yet collected, in sending order."""
+        return sorted(self._in_flight)
+
+    # --- frames -------------------------------------------------------------------------------------------
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            raise ConnectionError("the client is closed")
+        return self._sock
+
     def _recv_exact(self, n: int) -> bytes:
-        chunks, remaining = [], n
-        while remaining:
-            chunk = self._sock.recv(remaining)
-            if not chunk:
+        sock = self._socket()
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = sock.recv_into(view[got:], n - got)
+            if k == 0:
+                self.close()
                 raise ConnectionError("akidbd closed the connection")
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+            got += k
+        return bytes(buf)
 
     def _send(self, request: Dict[str, Any]) -> int:
         request_id = self._next_id
-        self._next_id += 1
-        body = msgpack.packb({"v": 1, "id": request_id, **request}, use_bin_type=True)
-        self._sock.sendall(struct.pack(">I", len(body)) + body)
+        self._next_id += 1  # ids start at 1: the daemon uses id 0 for connection-level errors
+        body = msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, **request}, use_bin_type=True)
+        if len(body) > _MAX_FRAME:
+            raise ValueError(f"request of {len(body)} bytes does not fit a frame")
+        self._socket().sendall(_LENGTH.pack(len(body)) + body)
+        self._in_flight.add(request_id)
         return request_id
 
     def _read_reply(self) -> Dict[str, Any]:
-        (length,) = struct.unpack(">I", self._recv_exact(4))
-        return msgpack.unpackb(self._recv_exact(length), raw=False)
-
-    def _wait(self, request_id: int) -> Dict[str, Any]:
-        """The reply to ``request_id``; replies to other requests in flight are kept for later."""
-        while request_id not in self._pending:
-            reply = self._read_reply()
-            self._pending[reply.get("id", 0)] = reply
-        reply = self._pending.pop(request_id)
-        if not reply.get("ok"):
-            error = reply.get("error") or {}
-            raise AkidbError(error.get("code", "unknown"), error.get("message", ""), request_id)
+        (length,) = _LENGTH.unpack(self._recv_exact(4))
+        reply = msgpack.unpackb(self._recv_exact(length), raw=False)
+        if not isinstance(reply, dict):
+            raise ValueError(f"reply is not a map: {type(reply).__name__}")
         return reply
 
-    def _vectors(self, reply: Dict[str, Any]):
-        count, dim, data = reply["count"], reply["dim"], reply["embeddings"]
-        if isinstance(data, (bytes, bytearray)):
-            if self._numpy is not None:
-                return self._numpy.frombuffer(data, dtype="<f4").reshape(count, dim).copy()
-            floats = struct.unpack(f"<{count * dim}f", data)
-            return [list(floats[i * dim:(i + 1) * dim]) for i in range(count)]
-        return self._numpy.asarray(data, dtype="float32") if self._numpy is not None else data
+    def _wait(self, request_id: int) -> Dict[str, Any]:
+        """The reply to ``request_id``, raising :class:`AkidbError` on an error reply. Replies to other requests
+        read meanwhile are kept for later."""
+        if request_id not in self._in_flight:
+            raise KeyError(f"no request {request_id} in flight on this connection")
+        while request_id not in self._replies:
+            reply = self._read_reply()
+            reply_id = reply.get("id", 0)
+            if reply_id in self._in_flight:
+                self._replies[reply_id] = reply
+            elif not reply.get("ok"):
+                # id 0 (or an id we never sent): a connection-level error; the daemon closes the connection.
+                error = reply.get("error") or {}
+                raise AkidbError(str(error.get("code", "unknown")), str(error.get("message", "")), reply_id)
+            else:
+                raise ValueError(f"reply to request {reply_id}, which is not in flight")
+        self._in_flight.discard(request_id)
+        reply = self._replies.pop(request_id)
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise AkidbError(str(error.get("code", "unknown")), str(error.get("message", "")), request_id)
+        return reply
 
-    # --- operations -----------------------------------------------------------------------------------------
+    def _call(self, op: str) -> Dict[str, Any]:
+        return self._wait(self._send({"op": op}))
+
+    # --- vectors ------------------------------------------------------------------------------------------
+
+    def _vectors(self, reply: Dict[str, Any]) -> Vectors:
+        count, dim, data = int(reply["count"]), int(reply["dim"]), reply["embeddings"]
+        if isinstance(data, (bytes, bytearray)):  # encoding "f32": count x dim little-endian float32
+            if len(data) != count * dim * 4:
+                raise ValueError(f"{len(data)} bytes of embeddings for {count} x {dim} float32")
+            if self._numpy is not None:
+                return self._numpy.frombuffer(data, dtype="<f4").astype(self._numpy.float32).reshape(count, dim)
+            floats = array.array("f")
+            floats.frombytes(data)
+            if sys.byteorder == "big":
+                floats.byteswap()
+            flat = floats.tolist()
+            return [flat[i * dim:(i + 1) * dim] for i in range(count)]
+        # encoding "array": one list of floats per input
+        if len(data) != count or any(len(row) != dim for row in data):
+            raise ValueError(f"embeddings are not {count} x {dim}")
+        if self._numpy is not None:
+            return self._numpy.asarray(data, dtype=self._numpy.float32).reshape(count, dim)
+        return [[float(x) for x in row] for row in data]
+
+    # --- operations ---------------------------------------------------------------------------------------
 
     def submit(self, texts: Sequence[str], *, normalize: Optional[bool] = None, truncate: Optional[bool] = None,
                dimensions: Optional[int] = None, priority: Optional[str] = None,
-               deadline_ms: Optional[int] = None) -> int:
-        """Sends an embed request without waiting (pipelining); returns its id for :meth:`result`."""
-        request: Dict[str, Any] = {"op": "embed", "inputs": list(texts)}
+               deadline_ms: Optional[int] = None, encoding: Optional[str] = None) -> int:
+        """Sends an ``embed`` request without waiting for it; returns its id for :meth:`result`.
+
+        Options as for :meth:`embed`. Many requests may be in flight on one connection.
+        """
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("texts must be a sequence of strings, not a single string")
+        request: Dict[str, Any] = {"op": "embed", "inputs": [str(t) for t in texts]}
         for key, value in (("normalize", normalize), ("truncate", truncate), ("dimensions", dimensions),
-                           ("priority", priority), ("deadline_ms", deadline_ms)):
+                           ("priority", priority), ("deadline_ms", deadline_ms), ("encoding", encoding)):
             if value is not None:
                 request[key] = value
         return self._send(request)
 
-    def result(self, request_id: int):
-        """The vectors of a request sent with :meth:`submit` (an (n, dim) float32 array, or lists)."""
-        return self._vectors(self._wait(request_id))
+    def result_reply(self, request_id: int) -> Dict[str, Any]:
+        """The whole reply to a request sent with :meth:`submit`, its ``embeddings`` decoded as by :meth:`result`.
 
-    def embed(self, texts: Sequence[str], **options: Any):
-        """Embeds ``texts``. Options: normalize, truncate, dimensions, priority ("realtime" | "normal" | "bulk"),
-        deadline_ms. Raises :class:`AkidbError` on an error reply."""
-        return self.result(self.submit(texts, **options))
+        Besides ``embeddings`` it has ``model``, ``dim``, ``count``, ``tokens``, ``truncated`` (indices of inputs
+        that were cut) and ``timing_us`` (``queue``, ``inference``, ``total``).
+        """
+        reply = self._wait(request_id)
+        reply["embeddings"] = self._vectors(reply)
+        return reply
+
+    def result(self, request_id: int) -> Vectors:
+        """The vectors of a request sent with :meth:`submit`: an (n, dim) float32 array, or a list of lists.
+
+        Blocks until that reply arrives, keeping replies to other requests read meanwhile. Raises
+        :class:`AkidbError` if the daemon answered with an error, ``KeyError`` if the id is not in flight.
+        """
+        return self.result_reply(request_id)["embeddings"]
+
+    def embed(self, texts: Sequence[str], *, normalize: Optional[bool] = None, truncate: Optional[bool] = None,
+              dimensions: Optional[int] = None, priority: Optional[str] = None,
+              deadline_ms: Optional[int] = None, encoding: Optional[str] = None) -> Vectors:
+        """Embeds ``texts`` (a list of strings, at most ``info()["max_inputs"]``); returns one vector per text.
+
+        - ``normalize``: L2-normalize (default: the model's setting, ``info()["normalize"]``).
+        - ``truncate``: cut inputs over the model's max tokens (default True); False makes such an input an
+          ``input_too_long`` error.
+        - ``dimensions``: keep only the first N dimensions (1..=dim), normalized after the cut.
+        - ``priority``: ``"realtime"``, ``"normal"`` (default) or ``"bulk"``.
+        - ``deadline_ms``: answer ``deadline_exceeded`` if not done this many ms after the daemon reads it.
+        - ``encoding``: how the vectors travel, ``"f32"`` (default, packed) or ``"array"``; the result is the same.
+
+        Raises :class:`AkidbError` on an error reply.
+        """
+        return self.result(self.submit(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
+                                       priority=priority, deadline_ms=deadline_ms, encoding=encoding))
 
     def health(self) -> str:
-        """"starting" | "ready" | "degraded" | "stopping"."""
-        return self._wait(self._send({"op": "health"}))["status"]
+        """``"starting"``, ``"ready"``, ``"degraded"`` or ``"stopping"``."""
+        return str(self._call("health")["status"])
 
     def info(self) -> Dict[str, Any]:
-        """Model and limits."""
-        return self._wait(self._send({"op": "info"}))
+        """Model and limits: ``model``, ``dim``, ``max_tokens``, ``pooling``, ``normalize``, ``max_inputs``,
+        ``max_frame_bytes``, ``max_batch_tokens``, ``protocol``, ``version`` (plus ``v``, ``id``, ``ok``)."""
+        return self._call("info")
 
     def status(self) -> Dict[str, Any]:
-        """The operator's view: devices, queues, counters, latency, thermal state."""
-        return self._wait(self._send({"op": "status"}))
+        """The operator's view: ``status``, ``devices``, ``queues``, ``counters``, ``latency_ms``,
+        ``throughput``, ``thermal`` and more (see docs/PROTOCOL.md)."""
+        return self._call("status")

@@ -38,6 +38,8 @@ pub(crate) struct Batcher {
     config: BatcherConfig,
     /// Measured milliseconds per padded token (exponential moving average).
     ms_per_token: Option<f64>,
+    /// Measured run time of a batch (exponential moving average).
+    batch_time: Option<Duration>,
     state: Arc<DaemonState>,
     self_ref: ActorRef<Batcher>,
     wake_at: Option<Instant>,
@@ -145,6 +147,7 @@ impl Actor for Batcher {
                 .collect(),
             config: args.config,
             ms_per_token: None,
+            batch_time: None,
             state: args.state,
             self_ref: actor_ref,
             wake_at: None,
@@ -191,6 +194,7 @@ impl Batcher {
         if padded_tokens == 0 {
             return;
         }
+        self.batch_time = Some(self.batch_time.map_or(elapsed, |ema| ema.mul_f64(0.8) + elapsed.mul_f64(0.2)));
         let sample = elapsed.as_secs_f64() * 1000.0 / padded_tokens as f64;
         self.ms_per_token = Some(match self.ms_per_token {
             Some(ema) => 0.8 * ema + 0.2 * sample,
@@ -347,7 +351,11 @@ impl Batcher {
                 break;
             }
             let budgets = Priority::ALL.map(|class| self.budget(class, realtime_active));
-            let Some(picked) = self.queues.pick(|class| budgets[class.index()]) else {
+            // Inputs whose deadline falls before this batch would end are answered now instead of computed late:
+            // under overload this keeps the device on requests that can still be met (no goodput collapse).
+            let start = self.workers[worker].busy_until.max(Instant::now());
+            let horizon = start + self.batch_time.unwrap_or(Duration::ZERO);
+            let Some(picked) = self.queues.pick(horizon, |class| budgets[class.index()]) else {
                 break;
             };
             for item in picked.expired {

@@ -179,7 +179,7 @@ impl Message<RunBatch> for InferenceActor {
         let device = &self.state.devices[self.index];
         device.set_state(DeviceState::Busy);
         let started = Instant::now();
-        let (live, dead): (Vec<Item>, Vec<Item>) = msg.items.into_iter().partition(|item| item.pending.is_live());
+        let (live, dead): (Vec<Item>, Vec<Item>) = msg.items.into_iter().partition(|item| item.pending.is_live(Instant::now()));
         for item in dead {
             item.expire();
         }

@@ -236,15 +236,12 @@ impl Pending {
         }
     }
 
-    /// Whether computing more of this request is still useful.
-    fn is_live(&self) -> bool {
+    /// Whether computing more of this request is still useful: someone waits for it and its deadline (if any)
+    /// falls after `horizon`, when the work would be done.
+    fn is_live(&self, horizon: Instant) -> bool {
         let inner = lock(&self.inner);
         let waiting = inner.reply.as_ref().is_some_and(|reply| !reply.is_closed());
-        waiting && self.deadline.is_none_or(|deadline| Instant::now() < deadline)
-    }
-
-    fn deadline_passed(&self) -> bool {
-        self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        waiting && self.deadline.is_none_or(|deadline| horizon < deadline)
     }
 
     /// Stores one input's vector; the last one sends the reply.
@@ -295,7 +292,7 @@ impl Item {
 
     /// Answers an item that is no longer live: its deadline passed, or nobody waits for it any more.
     fn expire(self) {
-        let error = if self.pending.deadline_passed() {
+        let error = if self.pending.deadline.is_some() {
             ServeError::DeadlineExceeded
         } else {
             ServeError::Internal("abandoned".into())
@@ -309,8 +306,8 @@ impl queue::Queued for Item {
         self.encoded.ids.len()
     }
 
-    fn is_live(&self) -> bool {
-        self.pending.is_live()
+    fn is_live(&self, horizon: Instant) -> bool {
+        self.pending.is_live(horizon)
     }
 
     fn received(&self) -> Instant {

@@ -15,8 +15,9 @@ use crate::protocol::Priority;
 pub(crate) trait Queued {
     /// Tokens of this input (after truncation).
     fn tokens(&self) -> usize;
-    /// False when the item should not be computed any more (caller gone, deadline passed, request failed).
-    fn is_live(&self) -> bool;
+    /// False when the item should not be computed any more: its caller is gone, its request failed, or its
+    /// deadline falls before `horizon` (when a batch picked now would end).
+    fn is_live(&self, horizon: Instant) -> bool;
     /// When its request was received.
     fn received(&self) -> Instant;
 }
@@ -103,18 +104,18 @@ impl<T: Queued> Queues<T> {
 
     /// Takes the next batch: from the highest class that has live items, anchored on its oldest item and filled
     /// with the items nearest to it in length, within `budget(class)`. A class whose budget is `None` is paused.
-    pub fn pick(&mut self, budget: impl Fn(Priority) -> Option<Budget>) -> Option<Picked<T>> {
+    pub fn pick(&mut self, horizon: Instant, budget: impl Fn(Priority) -> Option<Budget>) -> Option<Picked<T>> {
         let mut expired = Vec::new();
         for class in Priority::ALL {
             let Some(class_budget) = budget(class) else { continue };
             let queue = &mut self.classes[class.index()];
-            while queue.front().is_some_and(|item| !item.is_live()) {
+            while queue.front().is_some_and(|item| !item.is_live(horizon)) {
                 expired.extend(queue.pop_front());
             }
             if queue.is_empty() {
                 continue;
             }
-            let mut picked = pick_from(queue, class_budget);
+            let mut picked = pick_from(queue, class_budget, horizon);
             picked.expired.append(&mut expired);
             picked.class = class;
             return Some(picked);
@@ -129,7 +130,7 @@ impl<T: Queued> Queues<T> {
     }
 }
 
-fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
+fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget, horizon: Instant) -> Picked<T> {
     let factor = if budget.group_by_length { WINDOW_FACTOR } else { 1 };
     let window = queue.len().min(budget.max_size.max(1) * factor);
     let anchor_tokens = queue[0].tokens();
@@ -146,7 +147,7 @@ fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget) -> Picked<T> {
         if chosen.len() >= budget.max_size {
             break;
         }
-        if !queue[i].is_live() {
+        if !queue[i].is_live(horizon) {
             dead.push(i);
             continue;
         }
@@ -201,7 +202,7 @@ mod tests {
         fn tokens(&self) -> usize {
             self.tokens
         }
-        fn is_live(&self) -> bool {
+        fn is_live(&self, _horizon: Instant) -> bool {
             self.live
         }
         fn received(&self) -> Instant {
@@ -230,7 +231,9 @@ mod tests {
         queues.push(Priority::Bulk, vec![item(1, 5)]).unwrap();
         queues.push(Priority::Normal, vec![item(2, 5)]).unwrap();
         queues.push(Priority::Realtime, vec![item(3, 5)]).unwrap();
-        let order: Vec<usize> = std::iter::from_fn(|| queues.pick(budget(5, 1))).map(|p| p.items[0].id).collect();
+        let order: Vec<usize> = std::iter::from_fn(|| queues.pick(Instant::now(), budget(5, 1)))
+            .map(|p| p.items[0].id)
+            .collect();
         assert_eq!(order, vec![3, 2, 1]);
     }
 
@@ -251,7 +254,7 @@ mod tests {
         queues
             .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
             .unwrap();
-        let first = queues.pick(budget(4 * 12, 8)).unwrap();
+        let first = queues.pick(Instant::now(), budget(4 * 12, 8)).unwrap();
         let mut ids: Vec<usize> = first.items.iter().map(|i| i.id).collect();
         ids.sort();
         assert_eq!(ids, vec![0, 2, 4, 6], "the four short ones run together");
@@ -274,9 +277,9 @@ mod tests {
                 max_padding_ratio: 1.5,
             })
         };
-        let first = queues.pick(capped).unwrap();
+        let first = queues.pick(Instant::now(), capped).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 2, 4]);
-        let second = queues.pick(capped).unwrap();
+        let second = queues.pick(Instant::now(), capped).unwrap();
         assert_eq!(second.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 3]);
     }
 
@@ -295,7 +298,7 @@ mod tests {
                 max_padding_ratio: 100.0,
             })
         };
-        let first = queues.pick(fifo).unwrap();
+        let first = queues.pick(Instant::now(), fifo).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(first.padded_tokens, 400);
     }
@@ -304,7 +307,7 @@ mod tests {
     fn an_input_over_budget_still_runs_alone() {
         let mut queues = Queues::new([10, 10, 10]);
         queues.push(Priority::Normal, vec![item(1, 300), item(2, 300)]).unwrap();
-        let picked = queues.pick(budget(100, 8)).unwrap();
+        let picked = queues.pick(Instant::now(), budget(100, 8)).unwrap();
         assert_eq!(picked.items.len(), 1);
     }
 
@@ -329,7 +332,7 @@ mod tests {
                 ],
             )
             .unwrap();
-        let picked = queues.pick(budget(100, 8)).unwrap();
+        let picked = queues.pick(Instant::now(), budget(100, 8)).unwrap();
         assert_eq!(picked.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2]);
         let mut expired: Vec<usize> = picked.expired.iter().map(|i| i.id).collect();
         expired.sort();
@@ -350,7 +353,7 @@ mod tests {
             }
             let mut seen = vec![0u32; lengths.len()];
             let mut last_class = Priority::Realtime;
-            while let Some(picked) = queues.pick(budget(max_tokens, max_size)) {
+            while let Some(picked) = queues.pick(Instant::now(), budget(max_tokens, max_size)) {
                 if !picked.items.is_empty() {
                     proptest::prop_assert!(picked.class >= last_class, "a lower class ran while a higher one waited");
                     last_class = picked.class;
@@ -380,7 +383,7 @@ mod pause_tests {
         fn tokens(&self) -> usize {
             self.0
         }
-        fn is_live(&self) -> bool {
+        fn is_live(&self, _horizon: Instant) -> bool {
             true
         }
         fn received(&self) -> Instant {
@@ -398,7 +401,9 @@ mod pause_tests {
             group_by_length: true,
             max_padding_ratio: 2.0,
         };
-        assert!(queues.pick(|class| (class != Priority::Bulk).then_some(budget)).is_none());
-        assert_eq!(queues.pick(|_| Some(budget)).unwrap().items.len(), 1);
+        assert!(queues
+            .pick(Instant::now(), |class| (class != Priority::Bulk).then_some(budget))
+            .is_none());
+        assert_eq!(queues.pick(Instant::now(), |_| Some(budget)).unwrap().items.len(), 1);
     }
 }

@@ -271,7 +271,7 @@ impl Batcher {
     /// Whether an idle device should wait a moment longer for the clients of the batch that just finished.
     fn awaiting_refill(&mut self) -> bool {
         let Some((deadline, expected)) = self.refill else { return false };
-        let queued: usize = Priority::ALL.iter().map(|&c| self.queues.len(c)).sum();
+        let queued = self.queues.total_len();
         if Instant::now() >= deadline || queued >= expected || self.queues.len(Priority::Realtime) > 0 {
             self.refill = None;
             return false;
@@ -285,7 +285,7 @@ impl Batcher {
         if self.config.max_wait_us == 0 {
             return false;
         }
-        let queued: usize = Priority::ALL.iter().map(|&c| self.queues.len(c)).sum();
+        let queued = self.queues.total_len();
         if queued >= self.config.max_batch_size || self.queues.len(Priority::Realtime) > 0 {
             return false;
         }

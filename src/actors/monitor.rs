@@ -118,12 +118,12 @@ impl Message<Sample> for Monitor {
             if let Some(p) = reading.power_w {
                 power = Some(power.map_or(p, |q| q.max(p)));
             }
-            let previous = lock(&self.state.devices[index].sensors).replace(to_status(reading));
-            let now_unknown = lock(&self.state.devices[index].sensors).as_ref().and_then(|s| s.unknown.clone());
-            if previous.is_none() {
-                if let Some(reason) = now_unknown {
-                    tracing::info!(device = index, %reason, "some sensor readings are unknown");
-                }
+            let status = to_status(reading);
+            // Logged once, at the first sample; status keeps showing the reason.
+            let first_unknown = status.unknown.clone();
+            let previous = lock(&self.state.devices[index].sensors).replace(status);
+            if let (None, Some(reason)) = (previous, first_unknown) {
+                tracing::info!(device = index, %reason, "some sensor readings are unknown");
             }
         }
         let next = self.limits.next(self.thermal, hottest, power);

@@ -73,6 +73,11 @@ impl<T: Queued> Queues<T> {
         self.classes[class.index()].len()
     }
 
+    /// Queued items of every class.
+    pub fn total_len(&self) -> usize {
+        self.classes.iter().map(VecDeque::len).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.classes.iter().all(VecDeque::is_empty)
     }

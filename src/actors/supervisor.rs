@@ -96,6 +96,7 @@ impl Actor for Supervisor {
         let mut device_ids = HashMap::new();
         let mut startups = Vec::new();
         let mut device_args = Vec::new();
+        let restart_limit = (batcher_cfg.max_restarts, Duration::from_secs(batcher_cfg.restart_window_s));
         let _ = batcher.tell(SetSupervisor(actor_ref.clone())).send().await;
         for (index, device) in devices_config.into_iter().enumerate() {
             let (startup_tx, startup_rx) = watch::channel(Startup::Pending);
@@ -112,7 +113,6 @@ impl Actor for Supervisor {
                 startup: Arc::new(startup_tx),
             };
             device_args.push(inference_args.clone());
-            let restart_limit = (batcher_cfg.max_restarts, Duration::from_secs(batcher_cfg.restart_window_s));
             let actor = spawn_device(&actor_ref, inference_args, restart_limit).await;
             device_ids.insert(actor.id(), index);
             devices.push(actor);
@@ -126,10 +126,7 @@ impl Actor for Supervisor {
             device_ids,
             startups,
             device_args,
-            restart_limit: (
-                args.config.batcher.max_restarts,
-                Duration::from_secs(args.config.batcher.restart_window_s),
-            ),
+            restart_limit,
         })
     }
 

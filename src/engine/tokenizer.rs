@@ -82,19 +82,17 @@ impl TextTokenizer {
         // max_tokens tokens are the whole text's (the cut is at whitespace, where pre-tokenization splits anyway),
         // and a 10 MB input costs no more than a few KB of it. Otherwise the whole text is tokenized.
         let window = self.max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN);
+        let tokenize = |text: &str| self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()));
         let encoding = match prefix_cut(text, window) {
             Some(cut) => {
-                let prefix = self
-                    .inner
-                    .encode(&text[..cut], true)
-                    .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+                let prefix = tokenize(&text[..cut])?;
                 if prefix.get_overflowing().is_empty() {
-                    self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?
+                    tokenize(text)?
                 } else {
                     prefix
                 }
             }
-            None => self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?,
+            None => tokenize(text)?,
         };
         let truncated = !encoding.get_overflowing().is_empty();
         if truncated && !truncate {

@@ -5,7 +5,7 @@
 //! after a graceful stop) with the configured restart limit. When a device exceeds it, kameo tells the supervisor
 //! (`on_link_died`), which marks the device failed and tells the batcher to stop sending it work.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use kameo::mailbox;
 use kameo::supervision::{RestartPolicy, SupervisionStrategy};
 use ort::environment::Environment;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::batcher::{Batcher, BatcherArgs, Drain, SetSupervisor, WorkerLost, MAILBOX};
 use super::inference::{Heartbeat, InferenceActor, InferenceArgs, Startup};
@@ -43,6 +44,8 @@ pub(crate) struct Supervisor {
     startups: Vec<watch::Receiver<Startup>>,
     device_args: Vec<InferenceArgs>,
     restart_limit: (u32, Duration),
+    /// Per device, when it was last replaced for being stuck (within the restart window).
+    replaced: Vec<VecDeque<Instant>>,
 }
 
 /// The running actors.
@@ -125,6 +128,7 @@ impl Actor for Supervisor {
             devices,
             device_ids,
             startups,
+            replaced: vec![VecDeque::new(); device_args.len()],
             device_args,
             restart_limit,
         })
@@ -147,17 +151,22 @@ impl Actor for Supervisor {
         if matches!(reason, ActorStopReason::Normal) || self.state.phase() == Phase::Stopping {
             return Ok(ControlFlow::Continue(()));
         }
-        tracing::error!(device = index, reason = %reason, "inference device gave up after its restart limit");
-        let device = &self.state.devices[index];
-        device.set_state(DeviceState::Failed);
-        lock(&device.last_error).get_or_insert_with(|| reason.to_string());
-        let _ = self.batcher.tell(WorkerLost { index }).send().await;
-        self.state.set_phase(Phase::Degraded);
+        self.device_failed(index, reason.to_string()).await;
         Ok(ControlFlow::Continue(()))
     }
 }
 
 impl Supervisor {
+    /// Marks a device failed for good: the batcher stops sending it work and the daemon reports `degraded`.
+    async fn device_failed(&self, index: usize, reason: String) {
+        tracing::error!(device = index, reason = %reason, "inference device gave up after its restart limit");
+        let device = &self.state.devices[index];
+        device.set_state(DeviceState::Failed);
+        lock(&device.last_error).get_or_insert(reason);
+        let _ = self.batcher.tell(WorkerLost { index }).send().await;
+        self.state.set_phase(Phase::Degraded);
+    }
+
     /// The monitor goes with the supervisor.
     fn stop_monitor(&self) {
         self.monitor.kill();
@@ -204,6 +213,22 @@ impl kameo::message::Message<ReplaceDevice> for Supervisor {
         tokio::spawn(async move {
             let _ = stuck.stop_gracefully().await;
         });
+        // Replacements count against the same limit as restarts after a panic (separately from them): a device
+        // that keeps getting stuck is given up on.
+        let (limit, window) = self.restart_limit;
+        let now = Instant::now();
+        let history = &mut self.replaced[index];
+        history.retain(|at| now.duration_since(*at) < window);
+        if history.len() >= limit as usize {
+            let reason = format!(
+                "stuck in a batch {} times within {} s (max_restarts {limit})",
+                history.len() + 1,
+                window.as_secs()
+            );
+            self.device_failed(index, reason).await;
+            return;
+        }
+        history.push_back(now);
         self.state.devices[index].set_state(DeviceState::Restarting);
         let fresh = spawn_device(ctx.actor_ref(), self.device_args[index].clone(), self.restart_limit).await;
         self.device_ids.insert(fresh.id(), index);
@@ -258,8 +283,10 @@ impl Started {
     }
 
     /// Stops in order: fail what is still queued, stop the inference actors (letting a running batch finish),
-    /// then the batcher and the supervisor. Waits at most `timeout` for each device.
+    /// then the batcher and the supervisor. Waits at most `timeout` in all, however many devices there are (a
+    /// device stuck in a batch is left behind; the process exits without it).
     pub async fn stop(self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         let Ok((batcher, devices)) = self.supervisor.ask(Children).await else {
             return;
         };
@@ -268,13 +295,13 @@ impl Started {
             let _ = device.stop_gracefully().await;
         }
         for device in &devices {
-            if tokio::time::timeout(timeout, device.wait_for_shutdown()).await.is_err() {
+            if tokio::time::timeout_at(deadline, device.wait_for_shutdown()).await.is_err() {
                 tracing::warn!("an inference device did not stop in time");
             }
         }
         let _ = batcher.stop_gracefully().await;
         let _ = self.supervisor.stop_gracefully().await;
-        let _ = tokio::time::timeout(timeout, self.supervisor.wait_for_shutdown()).await;
+        let _ = tokio::time::timeout_at(deadline, self.supervisor.wait_for_shutdown()).await;
     }
 }
 

@@ -123,6 +123,9 @@ impl ConnectionPolicy {
     }
 }
 
+/// How long a connection beyond `max_connections` waits for a free slot before it is closed.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
 /// Serves connections until `stop` is cancelled, then stops accepting and waits for open connections to finish
 /// their in-flight requests; connections still open when `grace` runs out are cancelled.
 pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerConfig, policy: ConnectionPolicy, stop: CancellationToken) {
@@ -142,7 +145,13 @@ pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerCon
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        // At the limit, wait a moment before refusing: peers that just hung up free their slots as soon as their
+        // tasks see the end of file (a burst of short connections would otherwise refuse the next client).
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()) => slot,
+        };
+        let Ok(Ok(slot)) = slot else {
             tracing::warn!(max = config.max_connections, "connection limit reached; closing a new connection");
             continue;
         };

@@ -559,6 +559,64 @@ async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
     assert_eq!(client.health().await.unwrap(), "ready");
 }
 
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_keeps_getting_stuck_is_given_up_after_its_restart_limit() {
+    let daemon = Daemon::start("[batcher]\nstuck_timeout_ms = 300\nmax_restarts = 1\n");
+    let mut client = daemon.client().await;
+    let hang = ["\0akidb-fault:hang:1500"];
+    let params = EmbedParams::default();
+    // First time: replaced, and the replacement serves.
+    let (code, _) = server_code(within(30, client.embed(&hang, &params)).await.unwrap_err());
+    assert_eq!(code, ErrorCode::Internal);
+    within(20, client.embed(&["served by the replacement"], &EmbedParams::default()))
+        .await
+        .unwrap();
+    // Second time within the restart window: over max_restarts = 1, the device is given up.
+    let (code, _) = server_code(within(30, client.embed(&hang, &params)).await.unwrap_err());
+    assert_eq!(code, ErrorCode::Internal);
+    let (code, message) = server_code(
+        within(20, client.embed(&["no device left"], &EmbedParams::default()))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ErrorCode::Unavailable, "{message}");
+    assert_eq!(client.health().await.unwrap(), "degraded");
+    let status = client.status().await.unwrap();
+    assert_eq!(status.devices[0].state, "failed");
+    let last_error = status.devices[0].last_error.clone().unwrap_or_default();
+    assert!(last_error.contains("stuck in a batch 2 times"), "{last_error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_the_limit_waits_for_a_slot_then_is_closed() {
+    let daemon = Daemon::start("[server]\nmax_connections = 2\n");
+    let mut first = daemon.client().await;
+    let mut second = daemon.client().await;
+    assert_eq!(first.health().await.unwrap(), "ready");
+    assert_eq!(second.health().await.unwrap(), "ready");
+    // Over the limit: closed without a reply once the wait for a slot runs out.
+    let started = tokio::time::Instant::now();
+    let mut refused = daemon.client().await;
+    let err = within(10, refused.health()).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Closed | ClientError::Io(_) | ClientError::Frame(_)),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    // A slot that frees while a connection waits goes to it.
+    let mut waiting = daemon.client().await;
+    let reply = tokio::spawn(async move { waiting.health().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(first);
+    assert_eq!(within(10, reply).await.unwrap().unwrap(), "ready");
+    assert_eq!(second.health().await.unwrap(), "ready");
+}
+
 #[test]
 fn a_peer_outside_the_allow_lists_gets_permission_denied() {
     // Tests run as root, who is always admitted; a client run as `nobody` through setpriv is not on the lists.

@@ -90,9 +90,19 @@ pub struct RawReply {
 
 /// A connection to akidbd.
 pub struct Client {
-    reader: BufReader<OwnedReadHalf>,
+    writer: RequestWriter,
+    reader: ReplyReader,
+}
+
+/// The sending half of a connection (see [`Client::split`]).
+pub struct RequestWriter {
     writer: OwnedWriteHalf,
     next_id: u64,
+}
+
+/// The receiving half of a connection (see [`Client::split`]).
+pub struct ReplyReader {
+    reader: BufReader<OwnedReadHalf>,
     limits: FrameLimits,
 }
 
@@ -107,50 +117,42 @@ impl Client {
         })?;
         let (reader, writer) = stream.into_split();
         Ok(Client {
-            reader: BufReader::new(reader),
-            writer,
-            next_id: 1,
-            limits: FrameLimits {
-                max_frame_bytes: u32::MAX,
-                read_timeout: Duration::from_secs(600),
-                idle_timeout: None,
+            writer: RequestWriter { writer, next_id: 1 },
+            reader: ReplyReader {
+                reader: BufReader::new(reader),
+                limits: FrameLimits {
+                    max_frame_bytes: u32::MAX,
+                    read_timeout: Duration::from_secs(600),
+                    idle_timeout: None,
+                },
             },
         })
     }
 
+    /// Splits the connection so that one task can send while another reads replies.
+    pub fn split(self) -> (RequestWriter, ReplyReader) {
+        (self.writer, self.reader)
+    }
+
     /// Sends a request without waiting for its reply; fills in and returns its id if it has none.
-    pub async fn send(&mut self, mut request: RawRequest) -> Result<u64, ClientError> {
-        let id = *request.id.get_or_insert_with(|| {
-            let id = self.next_id;
-            self.next_id += 1;
-            id
-        });
-        let body = rmp_serde::to_vec_named(&request).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.send_raw(&body).await?;
-        Ok(id)
+    pub async fn send(&mut self, request: RawRequest) -> Result<u64, ClientError> {
+        self.writer.send(request).await
     }
 
     /// Sends an arbitrary body as one frame (tests use it to send malformed requests).
     pub async fn send_raw(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        self.writer.write_all(&encode_frame(body)).await?;
-        Ok(())
+        self.writer.send_raw(body).await
     }
 
     /// Sends bytes as they are, with no framing (tests use it to send broken frames).
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.writer.write_all(bytes).await?;
+        self.writer.writer.write_all(bytes).await?;
         Ok(())
     }
 
     /// Reads the next reply, whichever request it answers.
     pub async fn recv(&mut self) -> Result<RawReply, ClientError> {
-        let body = read_frame(&mut self.reader, &self.limits).await?.ok_or(ClientError::Closed)?;
-        let envelope: Envelope = rmp_serde::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        Ok(RawReply {
-            id: envelope.id,
-            ok: envelope.ok,
-            body,
-        })
+        self.reader.recv().await
     }
 
     /// Sends one request and waits for its reply (replies to other requests in flight are an error here).
@@ -186,6 +188,44 @@ impl Client {
     pub async fn status(&mut self) -> Result<StatusBody, ClientError> {
         let reply: StatusReply = decode(&self.call(op("status")).await?)?;
         Ok(reply.body)
+    }
+}
+
+// === impl RequestWriter ===
+
+impl RequestWriter {
+    /// Sends a request without waiting for its reply; fills in and returns its id if it has none.
+    pub async fn send(&mut self, mut request: RawRequest) -> Result<u64, ClientError> {
+        let id = *request.id.get_or_insert_with(|| {
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        });
+        let body = rmp_serde::to_vec_named(&request).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.send_raw(&body).await?;
+        Ok(id)
+    }
+
+    /// Sends an arbitrary body as one frame.
+    pub async fn send_raw(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        self.writer.write_all(&encode_frame(body)).await?;
+        Ok(())
+    }
+}
+
+// === impl ReplyReader ===
+
+impl ReplyReader {
+    /// Reads the next reply, whichever request it answers. Not cancel-safe: a reply half read is lost if the
+    /// future is dropped, so read from a task of its own rather than inside `select!`.
+    pub async fn recv(&mut self) -> Result<RawReply, ClientError> {
+        let body = read_frame(&mut self.reader, &self.limits).await?.ok_or(ClientError::Closed)?;
+        let envelope: Envelope = rmp_serde::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        Ok(RawReply {
+            id: envelope.id,
+            ok: envelope.ok,
+            body,
+        })
     }
 }
 

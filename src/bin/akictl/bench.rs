@@ -1,17 +1,21 @@
-//! `akictl bench`: a closed-loop load generator over real connections, bounded in time and request count.
+//! `akictl bench`: a load generator over real connections, bounded in time and request count.
 //!
-//! Each of `--concurrency` connections keeps `--depth` requests in flight (pipelining), picking each request's
-//! class from `--mix` and its texts from `--texts FILE` or generated sentences of `--words MIN-MAX` words.
+//! Closed loop by default: each of `--concurrency` connections keeps `--depth` requests in flight (pipelining).
+//! With `--rate R` it is open loop: the connections together send R requests per second on a fixed schedule,
+//! whatever the replies do (still at most `--depth` in flight per connection; sends that this cap holds back are
+//! reported as `held_back`). Each request's class comes from `--mix`, its texts from `--texts FILE` or generated
+//! sentences of `--words MIN-MAX` words.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use akidb::client::{check, decode_embed, embed_request, Client, ClientError, EmbedParams, Priority};
+use akidb::client::{check, decode_embed, embed_request, Client, ClientError, EmbedParams, Priority, RawReply, RequestWriter};
 use akidb::protocol::message::Percentiles;
 use clap::Args;
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Options of `akictl bench`.
@@ -47,6 +51,9 @@ pub struct BenchArgs {
     /// The daemon's socket (filled in from the global --socket).
     #[arg(skip)]
     pub socket: Option<PathBuf>,
+    /// Open loop: send this many requests per second in all, on a fixed schedule.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Reconnect after this many requests on a connection (client churn; 0 = never).
     #[arg(long, default_value_t = 0)]
     pub churn: u64,
@@ -63,6 +70,10 @@ pub struct Report {
     pub batch: usize,
     pub elapsed_s: f64,
     pub requests: u64,
+    /// Requests sent per second (the offered load).
+    pub offered_per_s: f64,
+    /// Open loop: sends that fell due while the connection already had `--depth` requests in flight.
+    pub held_back: u64,
     pub ok: u64,
     pub inputs: u64,
     pub tokens: u64,
@@ -78,6 +89,7 @@ struct Tally {
     latencies_us: [Vec<u64>; 3],
     ok: u64,
     requests: u64,
+    held_back: u64,
     inputs: u64,
     tokens: u64,
     errors: BTreeMap<String, u64>,
@@ -128,6 +140,7 @@ async fn bench(socket: &Path, args: &BenchArgs, mix: &[Priority], texts: &[Strin
         }
         total.ok += tally.ok;
         total.requests += tally.requests;
+        total.held_back += tally.held_back;
         total.inputs += tally.inputs;
         total.tokens += tally.tokens;
         for (code, n) in tally.errors {
@@ -148,6 +161,8 @@ async fn bench(socket: &Path, args: &BenchArgs, mix: &[Priority], texts: &[Strin
         batch: args.batch.max(1),
         elapsed_s: elapsed,
         requests: total.requests,
+        offered_per_s: total.requests as f64 / elapsed,
+        held_back: total.held_back,
         ok: total.ok,
         inputs: total.inputs,
         tokens: total.tokens,
@@ -160,7 +175,7 @@ async fn bench(socket: &Path, args: &BenchArgs, mix: &[Priority], texts: &[Strin
 }
 
 async fn connection(
-    mut client: Client,
+    client: Client,
     conn: usize,
     args: &BenchArgs,
     mix: &[Priority],
@@ -172,16 +187,36 @@ async fn connection(
     let mut in_flight: HashMap<u64, (Instant, Priority, usize)> = HashMap::new();
     let mut counter = conn * 7919;
     let mut on_this_connection = 0u64;
+    let depth = args.depth.max(1);
+    // Open loop: this connection's share of the rate, its first send offset so that connections interleave.
+    let interval = args
+        .rate
+        .filter(|rate| *rate > 0.0)
+        .map(|rate| Duration::from_secs_f64(args.concurrency.max(1) as f64 / rate));
+    let mut next_send = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(conn as f64 / args.concurrency.max(1) as f64));
+    let (mut writer, mut replies) = open(client);
     loop {
         if args.churn > 0 && on_this_connection >= args.churn && in_flight.is_empty() {
-            client = Client::connect(&client_socket(args)).await?;
+            (writer, replies) = open(Client::connect(&client_socket(args)).await?);
             on_this_connection = 0;
         }
-        while in_flight.len() < args.depth.max(1)
-            && Instant::now() < deadline
-            && (args.churn == 0 || on_this_connection < args.churn)
-            && take_one(budget)
-        {
+        let now = Instant::now();
+        while now < deadline && (args.churn == 0 || on_this_connection < args.churn) {
+            if let Some(interval) = interval {
+                if next_send > now {
+                    break;
+                }
+                next_send += interval;
+                if in_flight.len() >= depth {
+                    tally.held_back += 1;
+                    continue;
+                }
+            } else if in_flight.len() >= depth {
+                break;
+            }
+            if !take_one(budget) {
+                break;
+            }
             on_this_connection += 1;
             let class = mix[counter % mix.len()];
             let batch: Vec<&String> = (0..args.batch.max(1))
@@ -193,13 +228,22 @@ async fn connection(
                 deadline_ms: args.deadline_ms,
                 ..EmbedParams::default()
             };
-            let id = client.send(embed_request(&batch, &params)).await?;
+            let id = writer.send(embed_request(&batch, &params)).await?;
             in_flight.insert(id, (Instant::now(), class, batch.len()));
         }
-        if in_flight.is_empty() {
+        let sending = interval.is_some() && Instant::now() < deadline && budget.load(std::sync::atomic::Ordering::Acquire) > 0;
+        if in_flight.is_empty() && !sending {
             return Ok(tally);
         }
-        let reply = client.recv().await?;
+        let reply = if sending {
+            tokio::select! {
+                reply = replies.recv() => reply,
+                _ = tokio::time::sleep_until(next_send.min(deadline)) => continue,
+            }
+        } else {
+            replies.recv().await
+        };
+        let reply = reply.ok_or(ClientError::Closed)??;
         let Some((sent, class, n_inputs)) = in_flight.remove(&reply.id) else {
             return Err(ClientError::Decode(format!("reply to unknown request {}", reply.id)));
         };
@@ -216,6 +260,22 @@ async fn connection(
             Err(other) => return Err(other),
         }
     }
+}
+
+/// Splits a connection; a task of its own reads the replies (reading is not cancel-safe) and hands them over.
+fn open(client: Client) -> (RequestWriter, mpsc::Receiver<Result<RawReply, ClientError>>) {
+    let (writer, mut reader) = client.split();
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let reply = reader.recv().await;
+            let failed = reply.is_err();
+            if sender.send(reply).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (writer, receiver)
 }
 
 fn client_socket(args: &BenchArgs) -> std::path::PathBuf {
@@ -368,6 +428,13 @@ fn render(report: &Report) -> String {
             out,
             "{class:<10}{:>8}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
             p.count, p.p50, p.p95, p.p99, p.max
+        );
+    }
+    if report.held_back > 0 || report.offered_per_s > report.requests_per_s * 1.05 {
+        let _ = writeln!(
+            out,
+            "offered {:.1} req/s, {} sends held back by --depth",
+            report.offered_per_s, report.held_back
         );
     }
     let errors: Vec<String> = report.errors.iter().map(|(c, n)| format!("{c} {n}")).collect();

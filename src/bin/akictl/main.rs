@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     let socket = args.socket.clone().unwrap_or_else(akidb::config::default_socket_path);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");

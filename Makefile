@@ -5,7 +5,7 @@ CONFIG ?= config/akidb.toml
 # The integration tests need the test-only fault hooks compiled into akidbd.
 TEST_FEATURES = --features fault-injection
 
-.PHONY: setup build run test lint fmt bench soak fuzz install verify-units clean-setup
+.PHONY: setup build run test lint fmt bench soak overload fuzz install verify-units clean-setup
 
 setup:
 	@tools/setup.sh
@@ -41,6 +41,10 @@ fuzz:
 
 soak:
 	SOAK_SECS=$${SOAK_SECS:-600} tools/soak.sh
+
+# 5x the measured capacity, open loop, for OVERLOAD_SECS (default 60): goodput, reply codes, RSS.
+overload:
+	tools/overload.sh
 
 install:
 	tools/install.sh

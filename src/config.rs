@@ -29,9 +29,9 @@ pub const DEFAULT_MAX_PENDING_REPLIES: usize = 1024;
 /// Default grace period for a graceful stop.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Default token budget of one batch (padded tokens: batch size × longest input).
-pub const DEFAULT_MAX_BATCH_TOKENS: usize = 8192;
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 2048;
 /// Default maximum number of inputs in one batch.
-pub const DEFAULT_MAX_BATCH_SIZE: usize = 64;
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
 /// Default time the batcher waits for a batch to fill while a device is idle.
 pub const DEFAULT_MAX_WAIT_US: u64 = 0;
 /// Default bound on how long a realtime request may wait behind running work.
@@ -134,6 +134,9 @@ pub struct ServerConfig {
     pub allowed_gids: Vec<u32>,
     /// Grace period for a graceful stop, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Threads that serve connections and tokenize (inference runs on threads of its own); 0 = one per 4 cores,
+    /// at least one.
+    pub io_threads: usize,
 }
 
 /// `[model]`
@@ -188,6 +191,9 @@ pub struct DeviceConfig {
     pub intra_threads: usize,
     /// CPU provider: keep ORT's memory arena (more throughput, more resident memory).
     pub cpu_arena: bool,
+    /// Let ORT's intra-op threads spin while waiting for work (ORT's default). Off, they sleep: the cores stay
+    /// free for the daemon's I/O and for the other processes of the machine.
+    pub spin: bool,
     /// Providers to try, in order, when `ep` does not register. Empty: startup fails instead.
     pub fallback: Vec<EpKind>,
     /// Make session creation fail if any node would run on the CPU (GPU providers only).
@@ -504,6 +510,16 @@ impl DeviceConfig {
     }
 }
 
+impl ServerConfig {
+    /// The number of I/O threads to start: `io_threads`, or one per 4 cores (at least one) when it is 0.
+    pub fn io_threads(&self) -> usize {
+        match self.io_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 4).max(1),
+            n => n,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -518,6 +534,7 @@ impl Default for ServerConfig {
             allowed_uids: Vec::new(),
             allowed_gids: Vec::new(),
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            io_threads: 0,
         }
     }
 }
@@ -542,6 +559,7 @@ impl Default for DeviceConfig {
             device_id: 0,
             intra_threads: 0,
             cpu_arena: false,
+            spin: true,
             fallback: Vec::new(),
             disable_cpu_fallback: false,
             tensorrt: TensorrtConfig::default(),

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
     }
     akidb::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.io_threads())
         .enable_all()
         .thread_name("akidbd")
         .build()

@@ -6,17 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${SOAK_SECS:-600}
-tools/setup.sh
-cargo build --release --bins --quiet
-work=$(mktemp -d)
-trap 'kill "${pid:-}" 2>/dev/null || true; kill "${load_pids[@]:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
-sock="$work/embed.sock"
-printf '[server]\nsocket = "%s"\n[batcher.queue_capacity]\nrealtime = 512\nnormal = 512\nbulk = 512\n' "$sock" > "$work/akidb.toml"
-target/release/akidbd --config "$work/akidb.toml" 2> "$work/daemon.log" &
-pid=$!
-for _ in $(seq 1 300); do target/release/akictl --socket "$sock" health 2>/dev/null && break; sleep 0.1; done
-sample() { echo "$(awk '/VmRSS/ {print $2}' /proc/$pid/status) $(ls /proc/$pid/fd | wc -l)"; }
-ctl() { target/release/akictl --socket "$sock" "$@"; }
+DAEMON_CONFIG='[batcher.queue_capacity]\nrealtime = 512\nnormal = 512\nbulk = 512\n'
+# shellcheck source=tools/release-daemon.sh
+. tools/release-daemon.sh
+on_exit 'kill "${load_pids[@]:-}" 2>/dev/null || true'
+sample() { echo "$(rss) $(fds)"; }
 load_pids=()
 ctl bench --concurrency 8 --depth 4 --duration "$SECS" --mix "realtime=1,normal=6,bulk=3" --words 3-60 --churn 50 --json > "$work/mixed.json" & load_pids+=($!)
 ctl bench --concurrency 2 --batch 16 --duration "$SECS" --mix bulk --words 40-180 --churn 20 --deadline-ms 2000 --json > "$work/bulk.json" & load_pids+=($!)

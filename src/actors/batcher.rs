@@ -32,6 +32,9 @@ use crate::protocol::Priority;
 /// Mailbox size of the batcher; a full mailbox answers `overloaded`.
 pub(crate) const MAILBOX: usize = 4096;
 
+/// Batches of at least this many inputs measure the cost per input used for the backlog estimate.
+const LOADED_BATCH: usize = 4;
+
 pub(crate) struct Batcher {
     queues: Queues<Item>,
     workers: Vec<Worker>,
@@ -40,6 +43,9 @@ pub(crate) struct Batcher {
     ms_per_token: Option<f64>,
     /// Measured run time of a batch (exponential moving average).
     batch_time: Option<Duration>,
+    /// Measured run time per input of batches formed under load (at least `LOADED_BATCH` inputs; moving average):
+    /// the cost of draining a queue.
+    input_cost: Option<Duration>,
     state: Arc<DaemonState>,
     self_ref: ActorRef<Batcher>,
     wake_at: Option<Instant>,
@@ -148,6 +154,7 @@ impl Actor for Batcher {
             config: args.config,
             ms_per_token: None,
             batch_time: None,
+            input_cost: None,
             state: args.state,
             self_ref: actor_ref,
             wake_at: None,
@@ -202,9 +209,23 @@ impl Batcher {
         });
     }
 
+    /// Publishes the queue lengths and, per class, the estimated wait of an input queued now: until the first
+    /// device is free, plus the inputs queued at or above its priority at the measured cost per input, shared by
+    /// the devices.
     fn update_gauges(&self) {
+        let now = Instant::now();
+        let live: Vec<&Worker> = self.workers.iter().filter(|w| w.actor.is_some() && !w.lost).collect();
+        let first_free = live.iter().map(|w| w.busy_until.saturating_duration_since(now)).min();
+        let mut ahead = 0;
         for class in Priority::ALL {
-            self.state.queued[class.index()].store(self.queues.len(class) as u64, Ordering::Relaxed);
+            let queued = self.queues.len(class);
+            ahead += queued;
+            self.state.queued[class.index()].store(queued as u64, Ordering::Relaxed);
+            let backlog = match (self.input_cost, first_free) {
+                (Some(cost), Some(first_free)) => first_free + cost.mul_f64(ahead as f64 / live.len() as f64),
+                _ => Duration::ZERO,
+            };
+            self.state.backlog_us[class.index()].store(backlog.as_micros() as u64, Ordering::Relaxed);
         }
     }
 
@@ -352,9 +373,10 @@ impl Batcher {
             }
             let budgets = Priority::ALL.map(|class| self.budget(class, realtime_active));
             // Inputs whose deadline falls before this batch would end are answered now instead of computed late:
-            // under overload this keeps the device on requests that can still be met (no goodput collapse).
+            // under overload this keeps the device on requests that can still be met (no goodput collapse). A
+            // quarter of a batch time of margin: batch times vary, and an input finished late is wasted work.
             let start = self.workers[worker].busy_until.max(Instant::now());
-            let horizon = start + self.batch_time.unwrap_or(Duration::ZERO);
+            let horizon = start + self.batch_time.unwrap_or(Duration::ZERO).mul_f64(1.25);
             let Some(picked) = self.queues.pick(horizon, |class| budgets[class.index()]) else {
                 break;
             };
@@ -475,6 +497,10 @@ impl Message<BatchDone> for Batcher {
             self.refill = Some((Instant::now() + wait, msg.n_items));
         }
         self.record_cost(msg.padded_tokens, msg.elapsed);
+        if msg.n_items >= LOADED_BATCH {
+            let sample = msg.elapsed / msg.n_items as u32;
+            self.input_cost = Some(self.input_cost.map_or(sample, |ema| ema.mul_f64(0.8) + sample.mul_f64(0.2)));
+        }
         self.dispatch();
     }
 }

@@ -192,9 +192,11 @@ impl Message<RunBatch> for InferenceActor {
             let elapsed_us = started.elapsed().as_micros() as u64;
             match result {
                 Ok(vectors) => {
+                    let mut late = 0;
                     for (item, vector) in live.into_iter().zip(vectors) {
-                        item.complete(vector, started, elapsed_us);
+                        late += u64::from(!item.complete(vector, started, elapsed_us));
                     }
+                    self.state.late_inputs.fetch_add(late, Ordering::Relaxed);
                 }
                 Err(err) => {
                     tracing::error!(device = self.index, error = %err, "batch failed");

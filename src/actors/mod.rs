@@ -135,8 +135,8 @@ impl DaemonHandle {
     /// A request the server read before the daemon began stopping is served even if the stop begins meanwhile; the
     /// server answers requests read after that `shutting_down` itself.
     pub async fn embed(&self, job: EmbedJob) -> Reply {
-        if self.state.phase() == Phase::Starting {
-            return Err(ServeError::Unavailable("the daemon is starting (warming up its devices)".into()));
+        if let Some(err) = self.refusal(job.priority, job.deadline) {
+            return Err(err);
         }
         check_dimensions(&job.options, &self.model).map_err(engine_to_serve)?;
         let encoded = self.tokenize(&job).await?;
@@ -168,6 +168,19 @@ impl DaemonHandle {
             None => receiver.await,
         };
         outcome.unwrap_or_else(|_| Err(ServeError::Internal("the request was lost inside the daemon".into())))
+    }
+
+    /// Why an embed request of this class and deadline would be refused before any work is done on it: the
+    /// daemon is still starting, or (under overload) the work queued ahead already reaches past its deadline.
+    /// Cheap, so that the server can answer such requests without starting a task for them.
+    pub fn refusal(&self, priority: Priority, deadline: Option<Instant>) -> Option<ServeError> {
+        if self.state.phase() == Phase::Starting {
+            return Some(ServeError::Unavailable("the daemon is starting (warming up its devices)".into()));
+        }
+        let backlog_us = self.state.backlog_us[priority.index()].load(std::sync::atomic::Ordering::Relaxed);
+        let late =
+            deadline.is_some_and(|deadline| backlog_us > 0 && Instant::now() + std::time::Duration::from_micros(backlog_us) >= deadline);
+        late.then_some(ServeError::DeadlineExceeded)
     }
 
     async fn tokenize(&self, job: &EmbedJob) -> Result<Vec<Encoded>, ServeError> {
@@ -244,9 +257,12 @@ impl Pending {
         waiting && self.deadline.is_none_or(|deadline| horizon < deadline)
     }
 
-    /// Stores one input's vector; the last one sends the reply.
-    fn complete(&self, index: usize, vector: Vec<f32>, batch_start: Instant, batch_us: u64) {
+    /// Stores one input's vector; the last one sends the reply. Returns whether someone still waits for it.
+    fn complete(&self, index: usize, vector: Vec<f32>, batch_start: Instant, batch_us: u64) -> bool {
         let mut inner = lock(&self.inner);
+        if inner.reply.as_ref().is_none_or(oneshot::Sender::is_closed) {
+            return false;
+        }
         if inner.results[index].is_none() {
             inner.results[index] = Some(finish_vector(vector, &self.options, &self.model));
             inner.remaining -= 1;
@@ -257,9 +273,9 @@ impl Pending {
             inner.inference_us += batch_us;
         }
         if inner.remaining > 0 {
-            return;
+            return true;
         }
-        let Some(reply) = inner.reply.take() else { return };
+        let Some(reply) = inner.reply.take() else { return false };
         let embeddings = inner.results.iter_mut().map(|r| r.take().unwrap_or_default()).collect();
         let queue_us = inner
             .first_start
@@ -271,17 +287,18 @@ impl Pending {
             queue_us,
             inference_us: inner.inference_us,
         };
-        let _ = reply.send(Ok(done));
+        reply.send(Ok(done)).is_ok()
     }
 }
 
 // === impl Item ===
 
 impl Item {
-    /// Delivers this input's vector.
-    fn complete(mut self, vector: Vec<f32>, batch_start: Instant, batch_us: u64) {
+    /// Delivers this input's vector; false when nobody waits for it any more (the deadline passed while the
+    /// batch ran, or the request already failed): the work was wasted.
+    fn complete(mut self, vector: Vec<f32>, batch_start: Instant, batch_us: u64) -> bool {
         self.answered = true;
-        self.pending.complete(self.index, vector, batch_start, batch_us);
+        self.pending.complete(self.index, vector, batch_start, batch_us)
     }
 
     /// Fails this input's request.

@@ -66,6 +66,9 @@ pub(crate) struct DaemonState {
     pub model: ModelInfo,
     pub devices: Vec<DeviceShared>,
     pub queued: [AtomicU64; 3],
+    /// Per class, the batcher's estimate (µs) of how long an input queued now would wait before it starts; 0
+    /// while there is no estimate. Requests whose deadline falls before that are answered without being queued.
+    pub backlog_us: [AtomicU64; 3],
     requests: AtomicU64,
     inputs: AtomicU64,
     tokens: AtomicU64,
@@ -75,6 +78,8 @@ pub(crate) struct DaemonState {
     real_tokens: AtomicU64,
     pub connections: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Inputs computed for a caller that no longer waited (its deadline passed while the batch ran): wasted work.
+    pub late_inputs: AtomicU64,
     errors: Mutex<BTreeMap<ErrorCode, u64>>,
     pub thermal: Mutex<ThermalStatus>,
     windows: Mutex<[VecDeque<Sample>; 3]>,
@@ -112,6 +117,7 @@ impl DaemonState {
             model,
             devices,
             queued: Default::default(),
+            backlog_us: Default::default(),
             requests: AtomicU64::new(0),
             inputs: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
@@ -121,6 +127,7 @@ impl DaemonState {
             real_tokens: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            late_inputs: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             thermal: Mutex::new(ThermalStatus {
                 state: "normal".into(),
@@ -219,6 +226,7 @@ impl DaemonState {
                 errors: lock(&self.errors).iter().map(|(code, n)| (code.as_str().to_owned(), *n)).collect(),
                 connections: self.connections.load(Ordering::Relaxed),
                 in_flight: self.in_flight.load(Ordering::Relaxed),
+                late_inputs: self.late_inputs.load(Ordering::Relaxed),
             },
             latency_ms,
             mean_batch_size: ratio(&self.batch_inputs, &self.batches),

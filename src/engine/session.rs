@@ -305,6 +305,7 @@ fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: 
     if device.intra_threads > 0 {
         builder = builder.with_intra_threads(device.intra_threads).map_err(provider)?;
     }
+    builder = builder.with_intra_op_spinning(device.spin).map_err(provider)?;
     let trt_cache = if kind == EpKind::Tensorrt {
         Some(prepare_trt_cache(model, device).map_err(BuildError::Provider)?)
     } else {

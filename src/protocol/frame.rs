@@ -88,9 +88,14 @@ async fn read_exact_or_truncated<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut
 /// Prepends the length to a body.
 pub fn encode_frame(body: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(body.len() + 4);
-    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    frame.extend_from_slice(body);
+    append_frame(&mut frame, body);
     frame
+}
+
+/// Appends one frame (length and body) to `out`, so that several frames can go out in one write.
+pub fn append_frame(out: &mut Vec<u8>, body: &[u8]) {
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
 }
 
 /// Writes one frame (length and body) and flushes.

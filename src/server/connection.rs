@@ -19,9 +19,10 @@ use tokio_util::task::TaskTracker;
 use super::ConnectionPolicy;
 use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, Phase, ServeError};
 use crate::engine::EmbedOptions;
+use crate::protocol::frame::append_frame;
 use crate::protocol::message::{
-    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Request,
-    StatusReply, Timing,
+    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Priority,
+    Request, StatusReply, Timing,
 };
 use crate::protocol::{read_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
 
@@ -84,6 +85,13 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
                 )));
             }
             Ok(request) => {
+                if let Some((priority, err)) = refusal(&handle, &request, received) {
+                    // Answered here, without a task: under overload most requests take this path.
+                    let code = error_code(&err);
+                    handle.state.record_reply(Some(priority), received.elapsed(), 0, 0, Some(code));
+                    permit.send(encode(&ErrorReply::new(request.id, code, err.to_string())));
+                    continue;
+                }
                 let (handle, policy) = (handle.clone(), policy.clone());
                 handle.state.in_flight.fetch_add(1, Ordering::Relaxed);
                 requests.spawn(async move {
@@ -103,12 +111,26 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
     let _ = writer_task.await;
 }
 
+/// Writes replies as they complete; replies that are ready together go out in one write.
 async fn write_replies(mut writer: tokio::io::WriteHalf<Stream>, mut receiver: mpsc::Receiver<Vec<u8>>) {
+    /// Stop gathering once this much is ready to write.
+    const GATHER_BYTES: usize = 256 * 1024;
+    let mut out = Vec::new();
     while let Some(body) = receiver.recv().await {
-        let frame = crate::protocol::frame::encode_frame(&body);
-        match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&frame)).await {
+        out.clear();
+        append_frame(&mut out, &body);
+        while out.len() < GATHER_BYTES {
+            match receiver.try_recv() {
+                Ok(body) => append_frame(&mut out, &body),
+                Err(_) => break,
+            }
+        }
+        match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await {
             Ok(Ok(())) => {}
             _ => return,
+        }
+        if out.capacity() > 4 * GATHER_BYTES {
+            out = Vec::new();
         }
     }
     let _ = writer.flush().await;
@@ -161,6 +183,13 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
             }
         }
     }
+}
+
+/// An embed request the daemon refuses before doing any work on it (see [`DaemonHandle::refusal`]).
+fn refusal(handle: &DaemonHandle, request: &Request, received: Instant) -> Option<(Priority, ServeError)> {
+    let Op::Embed(embed) = &request.op else { return None };
+    let deadline = embed.deadline_ms.map(|ms| received + Duration::from_millis(ms));
+    handle.refusal(embed.priority, deadline).map(|err| (embed.priority, err))
 }
 
 fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {

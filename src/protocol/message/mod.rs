@@ -420,6 +420,9 @@ pub struct Counters {
     /// Requests read and not yet answered.
     #[serde(default)]
     pub in_flight: u64,
+    /// Inputs computed after their caller stopped waiting (deadline passed during the batch): wasted work.
+    #[serde(default)]
+    pub late_inputs: u64,
 }
 
 /// Latency percentiles in ms.

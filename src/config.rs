@@ -396,6 +396,19 @@ impl Config {
         let batcher = &self.batcher;
         check(batcher.max_batch_size > 0, "batcher.max_batch_size must be at least 1".into());
         check(batcher.max_batch_tokens > 0, "batcher.max_batch_tokens must be at least 1".into());
+        for (idx, device) in self.devices.iter().enumerate() {
+            let profile_max = device.tensorrt.profile_batch[2];
+            if device.ep_chain().contains(&EpKind::Tensorrt) {
+                check(
+                    profile_max >= batcher.max_batch_size,
+                    format!(
+                        "devices[{idx}].tensorrt.profile_batch allows batches of up to {profile_max}, below \
+                         batcher.max_batch_size ({}): larger batches would fail on TensorRT",
+                        batcher.max_batch_size
+                    ),
+                );
+            }
+        }
         check(
             batcher.max_padding_ratio >= 1.0,
             "batcher.max_padding_ratio must be at least 1.0".into(),
@@ -708,6 +721,20 @@ mod tests {
             assert!(joined.contains(needle), "{needle} missing from:\n{joined}");
         }
         assert!(errors.len() >= 7);
+    }
+
+    #[test]
+    fn a_tensorrt_profile_must_cover_the_largest_batch() {
+        let text = "[batcher]\nmax_batch_size = 256\n[[devices]]\nep = \"tensorrt\"\n";
+        let errors = Config::from_toml(text).unwrap().validate().unwrap_err().0;
+        assert!(
+            errors.iter().any(|e| e.contains("up to 64, below batcher.max_batch_size (256)")),
+            "{errors:?}"
+        );
+        let raised = format!("{text}[devices.tensorrt]\nprofile_batch = [1, 64, 256]\n");
+        Config::from_toml(&raised).unwrap().validate().unwrap();
+        // The CPU device has no profile to cover.
+        Config::from_toml("[batcher]\nmax_batch_size = 256\n").unwrap().validate().unwrap();
     }
 
     #[test]

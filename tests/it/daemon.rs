@@ -178,6 +178,47 @@ async fn oversized_frame_is_refused_and_closes_only_its_connection() {
     good.embed(&["fine"], &EmbedParams::default()).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_the_queue_ahead_makes_impossible_is_refused_on_arrival() {
+    let daemon = Daemon::start("");
+    // About 10 s of work: 512 inputs of 256 tokens, queued behind one another.
+    let long = vec!["robot arm camera lidar ".repeat(64); 256];
+    let mut backlog = daemon.client().await;
+    for _ in 0..2 {
+        backlog
+            .send(akidb::client::embed_request(&long, &EmbedParams::default()))
+            .await
+            .unwrap();
+    }
+    // Once both are queued (tokenizing them takes a while in a debug build) and a few loaded batches have measured
+    // the cost per input:
+    let mut client = daemon.client().await;
+    within(60, async {
+        loop {
+            let status = client.status().await.unwrap();
+            if status.queues["normal"] > 300 && status.counters.batches >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let params = EmbedParams {
+        deadline_ms: Some(3000),
+        ..EmbedParams::default()
+    };
+    let started = tokio::time::Instant::now();
+    let (code, _) = server_code(within(10, client.embed(&["no chance"], &params)).await.unwrap_err());
+    assert_eq!(code, ErrorCode::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "refused on arrival, not when its deadline passed ({:?})",
+        started.elapsed()
+    );
+    let status = client.status().await.unwrap();
+    assert!(status.queues["normal"] > 0, "the backlog is still queued");
+}
+
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_and_overload_are_answered_at_once() {

@@ -156,6 +156,12 @@ pub fn prometheus(status: &StatusBody) -> String {
     );
     metric("batches_total", "counter", "Batches run.", vec![(String::new(), c.batches as f64)]);
     metric(
+        "late_inputs_total",
+        "counter",
+        "Inputs computed after their caller stopped waiting (wasted work).",
+        vec![(String::new(), c.late_inputs as f64)],
+    );
+    metric(
         "connections_total",
         "counter",
         "Connections accepted.",

@@ -93,6 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
             return Err(DaemonError::Device(message));
         }
         Ok(Ok(())) => {
+            crate::memory::release_free_memory();
             let status = format!("ready: {} device(s), model {}", kinds.len(), state.model.name);
             tracing::info!("{status}");
             systemd::ready(&status);
@@ -120,8 +121,17 @@ async fn keep_alive(devices: actors::Heartbeats, state: Arc<DaemonState>) {
     let watchdog = systemd::watchdog_period();
     let tick = watchdog.map_or(Duration::from_secs(10), |period| (period / 2).min(Duration::from_secs(10)));
     let mut last_status = tokio::time::Instant::now();
+    // Batches counted at the previous tick, and at the last trim.
+    let (mut seen, mut trimmed_at) = (0, 0);
     loop {
         tokio::time::sleep(tick).await;
+        // Idle for a whole tick after some work: give the memory the work freed back.
+        let batches = state.batches.load(std::sync::atomic::Ordering::Relaxed);
+        if batches == seen && batches != trimmed_at && state.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            crate::memory::release_free_memory();
+            trimmed_at = batches;
+        }
+        seen = batches;
         if watchdog.is_some() && devices.all_alive(tick).await {
             systemd::watchdog();
         }

@@ -9,6 +9,7 @@
 //! - `actors`: the supervisor, inference actors, batcher and monitor (kameo).
 //! - `server`: the Unix socket, connections and shutdown.
 //! - `telemetry`, `systemd`: logging and service-manager notifications.
+//! - `memory`: giving freed memory back to the system when warm and when idle.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod protocol;
 pub(crate) mod actors;
 pub mod client;
 pub mod daemon;
+pub(crate) mod memory;
 pub mod monitor;
 pub(crate) mod server;
 pub(crate) mod systemd;

@@ -33,7 +33,10 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<ConnectionPolicy>, close: CancellationToken) {
     let (mut reader, writer) = tokio::io::split(stream);
     let (replies, receiver) = mpsc::channel::<Vec<u8>>(policy.max_pending_replies);
-    let writer_task = tokio::spawn(write_replies(writer, receiver));
+    // Cancelled when a reply cannot be written (the peer is gone): its other requests are dropped, so that their
+    // inputs are not computed for no one. (The end of reading is no such sign: a client may half-close and read.)
+    let gone = CancellationToken::new();
+    let writer_task = tokio::spawn(write_replies(writer, receiver, gone.clone()));
     let requests = TaskTracker::new();
     loop {
         // Reserve the reply's slot before reading the request: this is the bound on unsent replies.
@@ -92,12 +95,17 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
                     permit.send(encode(&ErrorReply::new(request.id, code, err.to_string())));
                     continue;
                 }
-                let (handle, policy) = (handle.clone(), policy.clone());
+                let (handle, policy, gone) = (handle.clone(), policy.clone(), gone.clone());
                 handle.state.in_flight.fetch_add(1, Ordering::Relaxed);
                 requests.spawn(async move {
-                    let reply = answer(&handle, &policy, request, received).await;
+                    tokio::select! {
+                        reply = answer(&handle, &policy, request, received) => {
+                            permit.send(reply);
+                        }
+                        // Dropping `answer` drops the request's reply receiver: its queued inputs are skipped.
+                        _ = gone.cancelled() => {}
+                    }
                     handle.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    permit.send(reply);
                 });
             }
         }
@@ -112,7 +120,7 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
 }
 
 /// Writes replies as they complete; replies that are ready together go out in one write.
-async fn write_replies(mut writer: tokio::io::WriteHalf<Stream>, mut receiver: mpsc::Receiver<Vec<u8>>) {
+async fn write_replies(mut writer: tokio::io::WriteHalf<Stream>, mut receiver: mpsc::Receiver<Vec<u8>>, gone: CancellationToken) {
     /// Stop gathering once this much is ready to write.
     const GATHER_BYTES: usize = 256 * 1024;
     let mut out = Vec::new();
@@ -127,7 +135,10 @@ async fn write_replies(mut writer: tokio::io::WriteHalf<Stream>, mut receiver: m
         }
         match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await {
             Ok(Ok(())) => {}
-            _ => return,
+            _ => {
+                gone.cancel();
+                return;
+            }
         }
         if out.capacity() > 4 * GATHER_BYTES {
             out = Vec::new();

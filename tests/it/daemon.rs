@@ -178,11 +178,11 @@ async fn oversized_frame_is_refused_and_closes_only_its_connection() {
     good.embed(&["fine"], &EmbedParams::default()).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deadline_the_queue_ahead_makes_impossible_is_refused_on_arrival() {
-    let daemon = Daemon::start("");
-    // About 10 s of work: 512 inputs of 256 tokens, queued behind one another.
-    let long = vec!["robot arm camera lidar ".repeat(64); 256];
+/// Sends 2 requests of 256 inputs of `words` × 4 words on one connection and waits until they are queued and at
+/// least `batches` batches have run (tokenizing them takes a while in a debug build). Returns that connection and
+/// a fresh one.
+async fn queue_backlog(daemon: &Daemon, words: usize, batches: u64) -> (akidb::client::Client, akidb::client::Client) {
+    let long = vec!["robot arm camera lidar ".repeat(words); 256];
     let mut backlog = daemon.client().await;
     for _ in 0..2 {
         backlog
@@ -190,19 +190,26 @@ async fn a_deadline_the_queue_ahead_makes_impossible_is_refused_on_arrival() {
             .await
             .unwrap();
     }
-    // Once both are queued (tokenizing them takes a while in a debug build) and a few loaded batches have measured
-    // the cost per input:
     let mut client = daemon.client().await;
     within(60, async {
         loop {
             let status = client.status().await.unwrap();
-            if status.queues["normal"] > 300 && status.counters.batches >= 3 {
+            if status.queues["normal"] > 300 && status.counters.batches >= batches {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
+    (backlog, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_the_queue_ahead_makes_impossible_is_refused_on_arrival() {
+    let daemon = Daemon::start("");
+    // About 10 s of work: 512 inputs of 256 tokens, queued behind one another; a few loaded batches have measured
+    // the cost per input.
+    let (_backlog, mut client) = queue_backlog(&daemon, 64, 3).await;
     let params = EmbedParams {
         deadline_ms: Some(3000),
         ..EmbedParams::default()
@@ -217,6 +224,29 @@ async fn a_deadline_the_queue_ahead_makes_impossible_is_refused_on_arrival() {
     );
     let status = client.status().await.unwrap();
     assert!(status.queues["normal"] > 0, "the backlog is still queued");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_of_a_client_that_hung_up_are_not_computed() {
+    let daemon = Daemon::start("");
+    // A few seconds of work (512 inputs of 128 tokens), then the client hangs up.
+    let (leaver, mut client) = queue_backlog(&daemon, 32, 0).await;
+    drop(leaver);
+    // The daemon notices when the first reply cannot be written; the second request's inputs, still queued then,
+    // are dropped, not computed.
+    let status = within(20, async {
+        loop {
+            let status = client.status().await.unwrap();
+            if status.queues["normal"] == 0 && status.counters.in_flight <= 1 {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let computed = status.devices[0].inputs;
+    assert!(computed <= 256 + 32, "{computed} of 512 inputs computed for a client that was gone");
+    within(20, client.embed(&["still served"], &EmbedParams::default())).await.unwrap();
 }
 
 #[cfg(feature = "fault-injection")]

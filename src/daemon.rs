@@ -128,7 +128,8 @@ async fn keep_alive(devices: actors::Heartbeats, state: Arc<DaemonState>) {
         // Idle for a whole tick after some work: give the memory the work freed back.
         let batches = state.batches.load(std::sync::atomic::Ordering::Relaxed);
         if batches == seen && batches != trimmed_at && state.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            crate::memory::release_free_memory();
+            // Off the I/O threads: a trim takes milliseconds, and a request may arrive meanwhile.
+            tokio::task::spawn_blocking(crate::memory::release_free_memory);
             trimmed_at = batches;
         }
         seen = batches;

@@ -77,19 +77,9 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
                 handle.state.record_reply(None, received.elapsed(), 0, 0, Some(err.code));
                 permit.send(encode(&err.reply()));
             }
-            Ok(Request { id, op: Op::Embed(embed) }) if handle.state.phase() == Phase::Stopping => {
-                handle
-                    .state
-                    .record_reply(Some(embed.priority), received.elapsed(), 0, 0, Some(ErrorCode::ShuttingDown));
-                permit.send(encode(&ErrorReply::new(
-                    id,
-                    ErrorCode::ShuttingDown,
-                    ServeError::ShuttingDown.to_string(),
-                )));
-            }
             Ok(request) => {
                 if let Some((priority, err)) = refusal(&handle, &request, received) {
-                    // Answered here, without a task: under overload most requests take this path.
+                    // Answered here, without a task: while stopping, and under overload for most requests.
                     let code = error_code(&err);
                     handle.state.record_reply(Some(priority), received.elapsed(), 0, 0, Some(code));
                     permit.send(encode(&ErrorReply::new(request.id, code, err.to_string())));
@@ -196,11 +186,21 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
     }
 }
 
-/// An embed request the daemon refuses before doing any work on it (see [`DaemonHandle::refusal`]).
+/// An embed request the daemon refuses before doing any work on it: read while the daemon is stopping
+/// (`shutting_down`), or refused by [`DaemonHandle::refusal`].
 fn refusal(handle: &DaemonHandle, request: &Request, received: Instant) -> Option<(Priority, ServeError)> {
     let Op::Embed(embed) = &request.op else { return None };
-    let deadline = embed.deadline_ms.map(|ms| received + Duration::from_millis(ms));
-    handle.refusal(embed.priority, deadline).map(|err| (embed.priority, err))
+    if handle.state.phase() == Phase::Stopping {
+        return Some((embed.priority, ServeError::ShuttingDown));
+    }
+    handle
+        .refusal(embed.priority, deadline(embed, received))
+        .map(|err| (embed.priority, err))
+}
+
+/// A request's deadline, counted from receipt.
+fn deadline(embed: &EmbedRequest, received: Instant) -> Option<Instant> {
+    embed.deadline_ms.map(|ms| received + Duration::from_millis(ms))
 }
 
 fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
@@ -211,7 +211,7 @@ fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
             dimensions: embed.dimensions,
         },
         priority: embed.priority,
-        deadline: embed.deadline_ms.map(|ms| received + Duration::from_millis(ms)),
+        deadline: deadline(&embed, received),
         received,
         inputs: embed.inputs,
     }

@@ -66,6 +66,10 @@ pub struct EmbedParams {
     pub deadline_ms: Option<u64>,
     /// Ask for "array" encoding instead of packed f32.
     pub array_encoding: bool,
+    /// One of the model's prompts, by name (`info.prompts`).
+    pub prompt_name: Option<String>,
+    /// A literal prompt put before every text (exclusive with `prompt_name`).
+    pub prompt: Option<String>,
 }
 
 /// The result of `embed`.
@@ -240,6 +244,8 @@ pub fn embed_request<S: AsRef<str>>(texts: &[S], params: &EmbedParams) -> RawReq
         priority: params.priority,
         deadline_ms: params.deadline_ms,
         encoding: params.array_encoding.then_some(Encoding::Array),
+        prompt_name: params.prompt_name.clone(),
+        prompt: params.prompt.clone(),
         ..RawRequest::default()
     }
 }

@@ -147,7 +147,9 @@ pub struct ModelConfig {
     pub dir: PathBuf,
     /// Name reported to clients; default: the directory's name.
     pub name: Option<String>,
-    /// Override of `sentence_bert_config.json` `max_seq_length`.
+    /// The ONNX file inside `dir` (e.g. `onnx/model_fp16.onnx`); default: `model.onnx`, else `onnx/model.onnx`.
+    pub file: Option<PathBuf>,
+    /// Override of `sentence_bert_config.json` `max_seq_length` (also lifts the cap on huge directory values).
     pub max_seq_length: Option<usize>,
     /// Override of `1_Pooling/config.json`: "mean", "cls" or "last_token".
     pub pooling: Option<String>,
@@ -155,6 +157,18 @@ pub struct ModelConfig {
     pub normalize: Option<bool>,
     /// Override of `config.json` `hidden_size`.
     pub dimension: Option<usize>,
+}
+
+/// How token vectors become one sentence vector. The vocabulary of `model.pooling` and of the engine's model
+/// description (`1_Pooling/config.json`), defined here so that the configuration needs nothing of the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mean over the attention mask.
+    Mean,
+    /// The first token ([CLS]).
+    Cls,
+    /// The last real token; implies left padding (Qwen3-Embedding and other decoder models).
+    LastToken,
 }
 
 /// `[ort]`
@@ -384,11 +398,17 @@ impl Config {
         check(!model.dir.as_os_str().is_empty(), "model.dir must not be empty".into());
         if let Some(pooling) = &model.pooling {
             check(
-                crate::engine::Pooling::parse(pooling).is_some(),
+                Pooling::parse(pooling).is_some(),
                 format!("model.pooling {pooling:?} is not one of \"mean\", \"cls\", \"last_token\""),
             );
         }
         check(model.max_seq_length != Some(0), "model.max_seq_length must be at least 1".into());
+        if let Some(file) = &model.file {
+            check(
+                file.is_relative() && !file.components().any(|c| c == std::path::Component::ParentDir),
+                format!("model.file {} must be a path inside model.dir", file.display()),
+            );
+        }
         check(model.dimension != Some(0), "model.dimension must be at least 1".into());
         for (idx, device) in self.devices.iter().enumerate() {
             device.validate(idx, &mut check);
@@ -480,6 +500,34 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+// === impl Pooling ===
+
+impl Pooling {
+    /// Parses a config value: "mean", "cls" or "last_token" (also "lasttoken").
+    pub fn parse(text: &str) -> Option<Pooling> {
+        match text.to_ascii_lowercase().as_str() {
+            "mean" => Some(Pooling::Mean),
+            "cls" => Some(Pooling::Cls),
+            "last_token" | "lasttoken" | "last" => Some(Pooling::LastToken),
+            _ => None,
+        }
+    }
+
+    /// The name used in config files and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::LastToken => "last_token",
+        }
+    }
+
+    /// Whether inputs are padded on the left (so the last real token sits at the end of every row).
+    pub fn pads_left(self) -> bool {
+        self == Pooling::LastToken
+    }
+}
+
 // === impl DeviceConfig ===
 
 impl DeviceConfig {
@@ -557,6 +605,7 @@ impl Default for ModelConfig {
         ModelConfig {
             dir: PathBuf::from(DEFAULT_MODEL_DIR),
             name: None,
+            file: None,
             max_seq_length: None,
             pooling: None,
             normalize: None,

@@ -19,6 +19,9 @@ pub enum DaemonError {
     /// The model directory is missing or inconsistent.
     #[error("{0}")]
     Model(EngineError),
+    /// The model's graph cannot be served (found while building its session on a device).
+    #[error("{0}")]
+    ModelGraph(String),
     /// ONNX Runtime could not be loaded.
     #[error("{0}")]
     Runtime(EngineError),
@@ -33,6 +36,14 @@ pub enum DaemonError {
 /// Runs the daemon until `shutdown` resolves (with the name of what asked for it), then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -> Result<(), DaemonError> {
     let model = ModelInfo::load(&config.model).map_err(DaemonError::Model)?;
+    if let Some(said) = model.max_tokens_uncapped {
+        tracing::warn!(
+            model = %model.name,
+            directory_says = said,
+            serving = model.max_tokens,
+            "the model directory's max_seq_length is capped (set model.max_seq_length to serve longer inputs)"
+        );
+    }
     let library = engine::ort_library_path(&config.ort);
     let env = engine::environment(&library).map_err(DaemonError::Runtime)?;
     let tokenizer = Arc::new(TextTokenizer::load(&model).map_err(DaemonError::Model)?);
@@ -86,11 +97,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     };
     warming.abort();
     let reason = match outcome {
-        Ok(Err(message)) => {
+        Ok(Err((message, model_error))) => {
             stop.cancel();
             let _ = server_task.await;
             started.stop(Duration::from_secs(2)).await;
-            return Err(DaemonError::Device(message));
+            return Err(if model_error {
+                DaemonError::ModelGraph(message)
+            } else {
+                DaemonError::Device(message)
+            });
         }
         Ok(Ok(())) => {
             crate::memory::release_free_memory();

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             tracing::error!("{err:#}");
             eprintln!("akidbd: {err:#}");
             ExitCode::from(match err {
-                DaemonError::Model(_) => EXIT_MODEL,
+                DaemonError::Model(_) | DaemonError::ModelGraph(_) => EXIT_MODEL,
                 DaemonError::Runtime(_) | DaemonError::Device(_) => EXIT_UNAVAILABLE,
                 DaemonError::Socket(_) => EXIT_SOCKET,
             })

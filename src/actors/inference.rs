@@ -19,14 +19,18 @@ use super::batcher::{BatchDone, Batcher, CostSample, WorkerUp};
 use super::state::{lock, DaemonState, DeviceState};
 use super::{Item, ServeError};
 use crate::config::DeviceConfig;
-use crate::engine::{Embedder, Encoded, ModelInfo, OrtEngine, SharedTokenizer};
+use crate::engine::{Embedder, Encoded, EngineError, ModelInfo, OrtEngine, SharedTokenizer};
 
 /// How a device's first start went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Startup {
     Pending,
     Ready,
-    Failed(String),
+    /// Why, and whether the model (not the device) is at fault.
+    Failed {
+        message: String,
+        model_error: bool,
+    },
 }
 
 /// Everything an inference actor needs to (re)build its session.
@@ -72,7 +76,7 @@ impl Actor for InferenceActor {
         let device = &args.state.devices[args.index];
         let first_start = *args.startup.borrow() == Startup::Pending;
         if !first_start {
-            if matches!(*args.startup.borrow(), Startup::Failed(_)) {
+            if matches!(*args.startup.borrow(), Startup::Failed { .. }) {
                 return Err("the device failed at startup".into());
             }
             let restarts = device.restarts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -88,12 +92,15 @@ impl Actor for InferenceActor {
         }
         let engine = match build_and_warm_up(&args) {
             Ok(engine) => engine,
-            Err(message) => {
+            Err((message, model_error)) => {
                 tracing::error!(device = args.index, error = %message, "inference device could not start");
                 *lock(&device.last_error) = Some(message.clone());
                 device.set_state(DeviceState::Failed);
                 if first_start {
-                    args.startup.send_replace(Startup::Failed(message.clone()));
+                    args.startup.send_replace(Startup::Failed {
+                        message: message.clone(),
+                        model_error,
+                    });
                 }
                 return Err(message);
             }
@@ -126,19 +133,21 @@ fn restart_backoff(restarts: u64) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << restarts.saturating_sub(1).min(6))).min(Duration::from_secs(5))
 }
 
-/// Builds the session and runs it once at every warm-up shape, reporting the cost to the batcher.
-fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, String> {
+/// Builds the session and runs it once at every warm-up shape, reporting the cost to the batcher. An error says
+/// whether the model is at fault (true) rather than the device.
+fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, (String, bool)> {
     let started = Instant::now();
     #[cfg(feature = "fault-injection")]
     if let Some(ms) = std::env::var("AKIDB_FAULT_WARMUP_MS").ok().and_then(|v| v.parse().ok()) {
         // Test hook: a slow warm-up, to observe the daemon while it is "starting".
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let mut engine = OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device).map_err(|e| e.to_string())?;
+    let mut engine = OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device)
+        .map_err(|e| (e.to_string(), matches!(e, EngineError::Model { .. })))?;
     let filler = args
         .tokenizer
         .encode(&"robot ".repeat(args.model.max_tokens), true)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| (e.to_string(), true))?;
     for &seq in &args.warmup_seq_lengths {
         let seq = seq.clamp(2, filler.ids.len());
         let encoded = shorten(&filler, seq);
@@ -147,7 +156,7 @@ fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, String> 
             let run_started = Instant::now();
             engine
                 .run(&batch)
-                .map_err(|e| format!("warm-up at {batch_size}x{seq} failed: {e}"))?;
+                .map_err(|e| (format!("warm-up at {batch_size}x{seq} failed: {e}"), false))?;
             let _ = args
                 .batcher
                 .tell(CostSample {

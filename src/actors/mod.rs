@@ -33,6 +33,9 @@ use state::lock;
 #[derive(Debug, Clone)]
 pub(crate) struct EmbedJob {
     pub inputs: Vec<String>,
+    /// The request's `prompt_name` and literal `prompt` (resolved against the model when served).
+    pub prompt_name: Option<String>,
+    pub prompt: Option<String>,
     pub options: EmbedOptions,
     pub priority: Priority,
     pub deadline: Option<Instant>,
@@ -64,6 +67,8 @@ pub(crate) enum ServeError {
     InputTooLong { index: usize, max_tokens: usize },
     #[error("dimensions {asked} is not in 1..={dim}")]
     BadDimensions { asked: usize, dim: usize },
+    #[error("{0}")]
+    BadPrompt(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -184,14 +189,19 @@ impl DaemonHandle {
     }
 
     async fn tokenize(&self, job: &EmbedJob) -> Result<Vec<Encoded>, ServeError> {
-        let total_bytes: usize = job.inputs.iter().map(String::len).sum();
+        let prompt = self
+            .model
+            .resolve_prompt(job.prompt_name.as_deref(), job.prompt.as_deref())
+            .map_err(engine_to_serve)?;
+        let total_bytes: usize = job.inputs.iter().map(String::len).sum::<usize>() + prompt.map_or(0, str::len) * job.inputs.len();
         let truncate = job.options.truncate;
         let result = if total_bytes <= INLINE_TOKENIZE_BYTES {
-            self.tokenizer.encode_all(&job.inputs, truncate)
+            self.tokenizer.encode_all(&job.inputs, prompt, truncate)
         } else {
             let tokenizer = self.tokenizer.clone();
             let inputs = job.inputs.clone();
-            tokio::task::spawn_blocking(move || tokenizer.encode_all(&inputs, truncate))
+            let prompt = prompt.map(str::to_owned);
+            tokio::task::spawn_blocking(move || tokenizer.encode_all(&inputs, prompt.as_deref(), truncate))
                 .await
                 .map_err(|e| ServeError::Internal(format!("tokenizer task failed: {e}")))?
         };
@@ -235,6 +245,7 @@ fn engine_to_serve(err: EngineError) -> ServeError {
     match err {
         EngineError::InputTooLong { index, max_tokens } => ServeError::InputTooLong { index, max_tokens },
         EngineError::BadDimensions { asked, dim } => ServeError::BadDimensions { asked, dim },
+        EngineError::BadPrompt(message) => ServeError::BadPrompt(message),
         other => ServeError::Internal(other.to_string()),
     }
 }

@@ -257,17 +257,18 @@ pub(crate) async fn start(args: SupervisorArgs) -> Started {
 // === impl Started ===
 
 impl Started {
-    /// Waits until every device is warm (Ok) or one failed to start (Err with its error).
-    pub async fn wait_ready(&self) -> Result<(), String> {
-        let startups = self.supervisor.ask(Startups).await.map_err(|e| e.to_string())?;
+    /// Waits until every device is warm (Ok) or one failed to start (Err with its error, and whether the model
+    /// rather than the device is at fault).
+    pub async fn wait_ready(&self) -> Result<(), (String, bool)> {
+        let startups = self.supervisor.ask(Startups).await.map_err(|e| (e.to_string(), false))?;
         for (index, mut startup) in startups.into_iter().enumerate() {
             let outcome = startup
                 .wait_for(|s| *s != Startup::Pending)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(|e| (e.to_string(), false))?
                 .clone();
-            if let Startup::Failed(message) = outcome {
-                return Err(format!("device {index}: {message}"));
+            if let Startup::Failed { message, model_error } = outcome {
+                return Err((format!("device {index}: {message}"), model_error));
             }
         }
         self.handle.state.set_phase(Phase::Ready);

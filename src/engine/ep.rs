@@ -154,6 +154,11 @@ pub(crate) fn ort_version(build_info: &str, library: &Path) -> String {
         .unwrap_or_else(|| build_info.trim().to_owned())
 }
 
+/// sha256 of some bytes, hex.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

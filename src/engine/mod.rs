@@ -9,6 +9,7 @@
 
 pub(crate) mod ep;
 pub(crate) mod model;
+pub(crate) mod onnx_file;
 pub mod pooling;
 pub(crate) mod session;
 pub(crate) mod tokenizer;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::config::EpKind;
-pub use model::{ModelInfo, Pooling};
+pub use model::{ModelInfo, Pooling, MAX_TOKENS_CAP};
 pub use session::{environment, load_engine, ort_library_path, ort_version, OrtEngine, SETUP_ORT_LIBRARY};
 pub use tokenizer::{Encoded, TextTokenizer};
 
@@ -65,6 +66,9 @@ pub enum EngineError {
         /// The model's dimension.
         dim: usize,
     },
+    /// A request's `prompt_name` / `prompt` cannot be applied (the message names the model's prompts).
+    #[error("{0}")]
+    BadPrompt(String),
     /// ONNX Runtime failed while running a batch.
     #[error("inference failed: {0}")]
     Inference(String),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use ndarray::Array2;
 use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorElementType};
 
 use super::ep::{self, ProfileInputs, TrtCache};
 use super::model::{model_error, ModelInfo};
@@ -26,17 +26,27 @@ pub struct OrtEngine {
     model: ModelInfo,
     tokenizer: SharedTokenizer,
     active_ep: EpKind,
-    has_type_ids: bool,
-    output: OutputKind,
+    feeds: Feeds,
+    output: Output,
 }
 
-/// Which graph output holds the embeddings.
+/// The graph inputs this engine feeds, worked out once at load.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum OutputKind {
-    /// `[batch, seq, hidden]` token states, pooled here.
-    TokenStates(String),
-    /// `[batch, hidden]`, already pooled by the graph.
-    Pooled(String),
+struct Feeds {
+    /// input_ids (and the other id inputs) as int32 rather than int64.
+    int32: bool,
+    token_type_ids: bool,
+    /// Positions 0..seq for every row, as transformers uses when it is given none (also under left padding).
+    position_ids: bool,
+}
+
+/// Which graph output holds the embeddings, and in which element type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Output {
+    name: String,
+    /// `[batch, hidden]`, already pooled (and headed) by the graph; else `[batch, seq, hidden]` token states.
+    pooled: bool,
+    element: TensorElementType,
 }
 
 /// The process's one ONNX Runtime environment and the library it came from.
@@ -99,41 +109,18 @@ pub fn ort_version() -> String {
 
 impl OrtEngine {
     /// Builds a session for `model` on `device`, following the device's execution-provider policy, and checks
-    /// the graph against the model directory with one probe run.
+    /// the graph against the model directory with one probe run. Everything wrong with the model itself (inputs it
+    /// cannot be fed, outputs it cannot read, a probe that fails) is an [`EngineError::Model`].
     pub fn load(env: &Environment, model: ModelInfo, tokenizer: SharedTokenizer, device: &DeviceConfig) -> Result<OrtEngine, EngineError> {
         let (session, active_ep) = build_session(env, &model, device)?;
-        let onnx = model.onnx_path.clone();
-        let input_names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        for name in &input_names {
-            if !["input_ids", "attention_mask", "token_type_ids"].contains(name) {
-                return Err(model_error(&onnx, &format!("unsupported graph input {name:?}")));
-            }
-        }
-        for required in ["input_ids", "attention_mask"] {
-            if !input_names.contains(&required) {
-                return Err(model_error(&onnx, &format!("graph has no {required} input")));
-            }
-        }
-        let has_type_ids = input_names.contains(&"token_type_ids");
-        let output_names: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-        let output = if output_names.contains(&"last_hidden_state") {
-            OutputKind::TokenStates("last_hidden_state".into())
-        } else if output_names.contains(&"token_embeddings") {
-            OutputKind::TokenStates("token_embeddings".into())
-        } else if output_names.contains(&"sentence_embedding") {
-            OutputKind::Pooled("sentence_embedding".into())
-        } else {
-            return Err(model_error(
-                &onnx,
-                &format!("no last_hidden_state or sentence_embedding output (outputs: {output_names:?})"),
-            ));
-        };
+        let feeds = feeds(&session, &model.onnx_path)?;
+        let output = output(&session, &model)?;
         let mut engine = OrtEngine {
             session,
             model,
             tokenizer,
             active_ep,
-            has_type_ids,
+            feeds,
             output,
         };
         engine.probe()?;
@@ -145,10 +132,22 @@ impl OrtEngine {
         &self.tokenizer
     }
 
-    /// Tokenizes, runs and pools a batch of texts in one go (the in-process path used by tests and benchmarks).
+    /// Tokenizes, runs and pools a batch of texts in one go (the in-process path used by tests and benchmarks),
+    /// with the model's default prompt, if it has one.
     pub fn embed<S: AsRef<str>>(&mut self, texts: &[S], options: &EmbedOptions) -> Result<EmbedOutput, EngineError> {
+        self.embed_prompted(texts, (None, None), options)
+    }
+
+    /// [`OrtEngine::embed`] with a request's `prompt_name` or literal `prompt` (see [`ModelInfo::resolve_prompt`]).
+    pub fn embed_prompted<S: AsRef<str>>(
+        &mut self,
+        texts: &[S],
+        prompt: (Option<&str>, Option<&str>),
+        options: &EmbedOptions,
+    ) -> Result<EmbedOutput, EngineError> {
         check_dimensions(options, &self.model)?;
-        let encoded = self.tokenizer.encode_all(texts, options.truncate)?;
+        let prompt = self.model.resolve_prompt(prompt.0, prompt.1)?;
+        let encoded = self.tokenizer.encode_all(texts, prompt, options.truncate)?;
         let refs: Vec<&Encoded> = encoded.iter().collect();
         let pooled = if refs.is_empty() { Vec::new() } else { self.run(&refs)? };
         Ok(EmbedOutput {
@@ -158,10 +157,12 @@ impl OrtEngine {
         })
     }
 
-    /// Runs a two-token input to check that the graph gives vectors of the configured dimension.
+    /// Runs a short input to check that the graph runs and gives vectors of the configured dimension.
     fn probe(&mut self) -> Result<(), EngineError> {
         let probe = self.tokenizer.encode("probe", true)?;
-        let out = self.run(&[&probe])?;
+        let out = self
+            .run(&[&probe])
+            .map_err(|e| model_error(&self.model.onnx_path, &format!("the probe run failed: {e}")))?;
         let got = out.first().map(Vec::len).unwrap_or(0);
         if got != self.model.dim {
             let file = self.model.dir.join("config.json");
@@ -194,18 +195,151 @@ impl OrtEngine {
                 mask[[row, start + pos]] = 1;
             }
         }
+        let int32 = self.feeds.int32;
         let tensor = |array: Array2<i64>| -> Result<SessionInputValue<'static>, EngineError> {
-            Ok(Tensor::from_array(array).map_err(|e| EngineError::Inference(e.to_string()))?.into())
+            let fail = |e: ort::Error| EngineError::Inference(e.to_string());
+            Ok(if int32 {
+                Tensor::from_array(array.mapv(|x| x as i32)).map_err(fail)?.into()
+            } else {
+                Tensor::from_array(array).map_err(fail)?.into()
+            })
         };
         let mut inputs = vec![
             (Cow::Borrowed("input_ids"), tensor(ids)?),
             (Cow::Borrowed("attention_mask"), tensor(mask)?),
         ];
-        if self.has_type_ids {
+        if self.feeds.token_type_ids {
             inputs.push((Cow::Borrowed("token_type_ids"), tensor(types)?));
+        }
+        if self.feeds.position_ids {
+            let positions = Array2::from_shape_fn((n_rows, seq), |(_, pos)| pos as i64);
+            inputs.push((Cow::Borrowed("position_ids"), tensor(positions)?));
         }
         Ok(inputs)
     }
+}
+
+/// Checks the graph's inputs and decides how to feed them.
+fn feeds(session: &Session, onnx: &Path) -> Result<Feeds, EngineError> {
+    let mut feeds = Feeds {
+        int32: false,
+        token_type_ids: false,
+        position_ids: false,
+    };
+    let mut names = Vec::new();
+    for input in session.inputs() {
+        let name = input.name();
+        match name {
+            "input_ids" | "attention_mask" => {}
+            "token_type_ids" => feeds.token_type_ids = true,
+            "position_ids" => feeds.position_ids = true,
+            past if past.starts_with("past_key_values") || past.starts_with("past.") => {
+                return Err(model_error(
+                    onnx,
+                    &format!(
+                        "is an export with a KV cache (input {past:?}); akidbd needs one without: export with \
+                         `optimum-cli export onnx --task feature-extraction` (not `feature-extraction-with-past`), \
+                         or with torch.onnx.export on the model's forward without past_key_values"
+                    ),
+                ))
+            }
+            other => {
+                return Err(model_error(
+                    onnx,
+                    &format!(
+                        "unsupported graph input {other:?} (akidbd feeds input_ids, attention_mask, token_type_ids \
+                         and position_ids)"
+                    ),
+                ))
+            }
+        }
+        if name == "input_ids" {
+            match input.dtype().tensor_type() {
+                Some(TensorElementType::Int64) => {}
+                Some(TensorElementType::Int32) => feeds.int32 = true,
+                other => {
+                    return Err(model_error(
+                        onnx,
+                        &format!("input_ids has element type {other:?}; akidbd feeds int64 or int32"),
+                    ))
+                }
+            }
+        }
+        names.push(name);
+    }
+    for required in ["input_ids", "attention_mask"] {
+        if !names.contains(&required) {
+            return Err(model_error(onnx, &format!("graph has no {required} input (inputs: {names:?})")));
+        }
+    }
+    Ok(feeds)
+}
+
+/// Chooses the output from what modules.json describes: with modules after pooling (Dense, ...) only the graph's
+/// `sentence_embedding` carries them; else token states, pooled here, are preferred.
+fn output(session: &Session, model: &ModelInfo) -> Result<Output, EngineError> {
+    let onnx = &model.onnx_path;
+    let outputs: Vec<(&str, Option<TensorElementType>)> = session.outputs().iter().map(|o| (o.name(), o.dtype().tensor_type())).collect();
+    let find = |name: &str| outputs.iter().find(|(n, _)| *n == name);
+    let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
+    let chosen = if !model.head_modules.is_empty() {
+        let Some(found) = find("sentence_embedding") else {
+            return Err(model_error(
+                onnx,
+                &format!(
+                    "modules.json applies {} after pooling, which only a graph with a sentence_embedding output can \
+                     do, and this graph has none (outputs: {names:?}); export the whole sentence-transformers \
+                     pipeline, or serve a model without these modules",
+                    model.head_modules.join(", ")
+                ),
+            ));
+        };
+        (found, true)
+    } else if let Some(found) = find("last_hidden_state").or_else(|| find("token_embeddings")) {
+        (found, false)
+    } else if let Some(found) = find("sentence_embedding") {
+        (found, true)
+    } else {
+        return Err(model_error(
+            onnx,
+            &format!("no last_hidden_state, token_embeddings or sentence_embedding output (outputs: {names:?})"),
+        ));
+    };
+    let ((name, element), pooled) = chosen;
+    let element = match element {
+        Some(t @ (TensorElementType::Float32 | TensorElementType::Float16 | TensorElementType::Bfloat16)) => *t,
+        other => {
+            return Err(model_error(
+                onnx,
+                &format!("output {name} has element type {other:?}; akidbd reads float32, float16 and bfloat16"),
+            ))
+        }
+    };
+    Ok(Output {
+        name: (*name).to_owned(),
+        pooled,
+        element,
+    })
+}
+
+/// A float output as f32: borrowed when it already is, converted otherwise.
+fn extract_f32<'a>(value: &'a ort::value::DynValue, element: TensorElementType) -> Result<(Vec<usize>, Cow<'a, [f32]>), EngineError> {
+    let fail = |e: ort::Error| EngineError::Inference(e.to_string());
+    let dims = |shape: &ort::value::Shape| shape.iter().map(|&d| d.max(0) as usize).collect::<Vec<usize>>();
+    Ok(match element {
+        TensorElementType::Float16 => {
+            let (shape, data) = value.try_extract_tensor::<half::f16>().map_err(fail)?;
+            (dims(shape), Cow::Owned(data.iter().map(|x| x.to_f32()).collect()))
+        }
+        TensorElementType::Bfloat16 => {
+            let (shape, data) = value.try_extract_tensor::<half::bf16>().map_err(fail)?;
+            (dims(shape), Cow::Owned(data.iter().map(|x| x.to_f32()).collect()))
+        }
+        _ => {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(fail)?;
+            (dims(shape), Cow::Borrowed(data))
+        }
+    })
 }
 
 impl Embedder for OrtEngine {
@@ -221,26 +355,19 @@ impl Embedder for OrtEngine {
         let inputs = self.inputs(batch)?;
         let pooling = self.model.pooling;
         let left = pooling.pads_left();
-        let output = self.output.clone();
+        let Output { name, pooled, element } = self.output.clone();
         let outputs = self.session.run(inputs).map_err(|e| EngineError::Inference(e.to_string()))?;
-        let (name, pooled) = match &output {
-            OutputKind::TokenStates(name) => (name, false),
-            OutputKind::Pooled(name) => (name, true),
-        };
         let value = outputs
-            .get(name)
+            .get(&name)
             .ok_or_else(|| EngineError::Inference(format!("output {name} missing")))?;
-        let (shape, data) = value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| EngineError::Inference(e.to_string()))?;
-        let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        let (dims, data) = extract_f32(value, element)?;
         let rows = batch.len();
         if pooled {
             let [n, dim] = dims[..] else {
                 return Err(EngineError::Inference(format!("{name} has shape {dims:?}, expected [batch, dim]")));
             };
-            if n != rows {
-                return Err(EngineError::Inference(format!("{name} has {n} rows for {rows} inputs")));
+            if n != rows || dim == 0 {
+                return Err(EngineError::Inference(format!("{name} has shape {dims:?} for {rows} inputs")));
             }
             return Ok(data.chunks_exact(dim).map(<[f32]>::to_vec).collect());
         }
@@ -330,8 +457,18 @@ fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: 
 
 fn prepare_trt_cache(model: &ModelInfo, device: &DeviceConfig) -> Result<TrtCache, String> {
     let root = device.tensorrt.engine_cache_dir.clone().unwrap_or_else(ep::default_trt_cache_root);
-    let model_sha = ep::file_sha256(&model.onnx_path).map_err(|e| format!("cannot hash {}: {e}", model.onnx_path.display()))?;
-    let names: Vec<String> = ["input_ids", "attention_mask", "token_type_ids"].map(String::from).to_vec();
+    // The graph and every external data file: new weights beside an unchanged graph need a new engine.
+    let mut weights = String::new();
+    for file in std::iter::once(&model.onnx_path).chain(&model.external_data) {
+        weights.push_str(&ep::file_sha256(file).map_err(|e| format!("cannot hash {}: {e}", file.display()))?);
+    }
+    let model_sha = ep::sha256_hex(weights.as_bytes());
+    // The profile names exactly the graph's inputs (a name the graph lacks fails the TensorRT build).
+    let names: Vec<String> = if model.graph_inputs.is_empty() {
+        ["input_ids", "attention_mask"].map(String::from).to_vec()
+    } else {
+        model.graph_inputs.clone()
+    };
     let inputs = ProfileInputs {
         names: &names,
         max_tokens: model.max_tokens,

@@ -3,6 +3,10 @@
 //! A model's `tokenizer.json` often carries padding and truncation that are not the model's (all-MiniLM-L6-v2's
 //! says: pad to 128, truncate at 128, while sentence-transformers truncates at 256). Both are replaced here:
 //! no padding (the batch pads to its longest input later) and truncation at the model's `max_tokens`.
+//!
+//! A prompt is joined to each text as sentence-transformers joins it (`prompt + text`, no separator) and the joined
+//! string is tokenized, so the prompt counts toward `max_tokens`, truncation cuts the end of the text and keeps the
+//! prompt, and the special tokens the tokenizer's post-processor adds (a decoder's closing EOS) survive truncation.
 
 use std::path::Path;
 
@@ -27,6 +31,7 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     max_tokens: usize,
     pad_id: i64,
+    lower_case: bool,
 }
 
 // === impl TextTokenizer ===
@@ -34,7 +39,9 @@ pub struct TextTokenizer {
 impl TextTokenizer {
     /// Loads `tokenizer.json` and overrides its padding and truncation with the model's settings.
     pub fn load(model: &ModelInfo) -> Result<TextTokenizer, EngineError> {
-        Self::from_file(&model.tokenizer_path, model.max_tokens)
+        let mut tokenizer = Self::from_file(&model.tokenizer_path, model.max_tokens)?;
+        tokenizer.lower_case = model.do_lower_case;
+        Ok(tokenizer)
     }
 
     /// Loads a tokenizer file with the given truncation length.
@@ -62,7 +69,12 @@ impl TextTokenizer {
                 stride: 0,
             }))
             .map_err(|e| model_error(path, &format!("cannot set truncation to {max_tokens}: {e}")))?;
-        Ok(TextTokenizer { inner, max_tokens, pad_id })
+        Ok(TextTokenizer {
+            inner,
+            max_tokens,
+            pad_id,
+            lower_case: false,
+        })
     }
 
     /// The truncation length.
@@ -78,6 +90,13 @@ impl TextTokenizer {
     /// Tokenizes one input. With `truncate == false` an over-long input is [`EngineError::InputTooLong`]
     /// (with index 0: the caller knows the real index).
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Encoded, EngineError> {
+        if self.lower_case {
+            return self.encode_exact(&text.to_lowercase(), truncate);
+        }
+        self.encode_exact(text, truncate)
+    }
+
+    fn encode_exact(&self, text: &str, truncate: bool) -> Result<Encoded, EngineError> {
         // A very long text is first tokenized from a prefix: if the prefix alone overflows max_tokens, its first
         // max_tokens tokens are the whole text's (the cut is at whitespace, where pre-tokenization splits anyway),
         // and a 10 MB input costs no more than a few KB of it. Otherwise the whole text is tokenized.
@@ -108,13 +127,17 @@ impl TextTokenizer {
         })
     }
 
-    /// Tokenizes several inputs, naming the failing index in errors.
-    pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], truncate: bool) -> Result<Vec<Encoded>, EngineError> {
+    /// Tokenizes several inputs, each behind `prompt` when there is one, naming the failing index in errors.
+    pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], prompt: Option<&str>, truncate: bool) -> Result<Vec<Encoded>, EngineError> {
         texts
             .iter()
             .enumerate()
             .map(|(index, text)| {
-                self.encode(text.as_ref(), truncate).map_err(|e| match e {
+                let encoded = match prompt {
+                    Some(prompt) if !prompt.is_empty() => self.encode(&[prompt, text.as_ref()].concat(), truncate),
+                    _ => self.encode(text.as_ref(), truncate),
+                };
+                encoded.map_err(|e| match e {
                     EngineError::InputTooLong { max_tokens, .. } => EngineError::InputTooLong { index, max_tokens },
                     other => other,
                 })

@@ -214,6 +214,8 @@ fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
         deadline: deadline(&embed, received),
         received,
         inputs: embed.inputs,
+        prompt_name: embed.prompt_name,
+        prompt: embed.prompt,
     }
 }
 
@@ -258,6 +260,8 @@ fn info(handle: &DaemonHandle, policy: &ConnectionPolicy, id: u64) -> InfoReply 
         max_batch_tokens: policy.max_batch_tokens as u64,
         protocol: PROTOCOL_VERSION,
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        prompts: model.prompts.clone(),
+        default_prompt_name: model.default_prompt_name.clone(),
     }
 }
 
@@ -269,7 +273,7 @@ pub(crate) fn error_code(err: &ServeError) -> ErrorCode {
         ServeError::ShuttingDown => ErrorCode::ShuttingDown,
         ServeError::Unavailable(_) => ErrorCode::Unavailable,
         ServeError::InputTooLong { .. } => ErrorCode::InputTooLong,
-        ServeError::BadDimensions { .. } => ErrorCode::InvalidRequest,
+        ServeError::BadDimensions { .. } | ServeError::BadPrompt(_) => ErrorCode::InvalidRequest,
         ServeError::Internal(_) => ErrorCode::Internal,
     }
 }

@@ -61,6 +61,12 @@ enum Command {
         /// Fail on over-long inputs instead of truncating.
         #[arg(long)]
         no_truncate: bool,
+        /// Put one of the model's prompts (see `akictl info`) before every text, e.g. `query`.
+        #[arg(long, conflicts_with = "prompt")]
+        prompt_name: Option<String>,
+        /// Put this literal prompt before every text ("" for none, overriding a default prompt).
+        #[arg(long)]
+        prompt: Option<String>,
         /// Texts per request when reading stdin.
         #[arg(long, default_value_t = 32)]
         batch: usize,
@@ -99,6 +105,8 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
             dimensions,
             normalize,
             no_truncate,
+            prompt_name,
+            prompt,
             batch,
         } => {
             let Some(priority) = Priority::parse(&priority) else {
@@ -110,6 +118,8 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
                 dimensions,
                 normalize,
                 truncate: Some(!no_truncate),
+                prompt_name,
+                prompt,
                 ..EmbedParams::default()
             };
             embed(socket, texts, params, batch.max(1)).await

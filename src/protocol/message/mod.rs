@@ -100,6 +100,12 @@ pub struct RawRequest {
     /// embed: "f32" (default) or "array".
     #[serde(skip_serializing_if = "Option::is_none")]
     pub encoding: Option<Encoding>,
+    /// embed: one of the model's prompts (`info.prompts`) to put before every input.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_name: Option<String>,
+    /// embed: a literal prefix to put before every input (exclusive with `prompt_name`; "" means no prompt).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 /// A checked request.
@@ -141,6 +147,10 @@ pub struct EmbedRequest {
     pub deadline_ms: Option<u64>,
     /// Reply encoding.
     pub encoding: Encoding,
+    /// The model prompt to apply, by name (checked against the model by the daemon).
+    pub prompt_name: Option<String>,
+    /// A literal prompt (exclusive with `prompt_name`; checked by the daemon, which names the known prompts).
+    pub prompt: Option<String>,
 }
 
 /// A request that cannot be served as sent; becomes an error reply.
@@ -265,6 +275,12 @@ pub struct InfoReply {
     pub protocol: u64,
     /// Daemon version.
     pub version: String,
+    /// The model's named prompts (`prompt_name` values) and their text.
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none and gives no `prompt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 /// Reply to `status`.
@@ -657,6 +673,8 @@ fn check_embed(id: u64, raw: RawRequest, max_inputs: usize) -> Result<EmbedReque
         priority: raw.priority.unwrap_or_default(),
         deadline_ms: raw.deadline_ms,
         encoding: raw.encoding.unwrap_or_default(),
+        prompt_name: raw.prompt_name,
+        prompt: raw.prompt,
     })
 }
 

@@ -1,0 +1,252 @@
+//! What an ONNX file says before a session is built: the external data files its tensors live in, and the names
+//! of its graph inputs (which the TensorRT optimisation profile must name, no more and no fewer).
+//!
+//! Exports above 2 GB (Qwen3-Embedding 4B/8B, and many 0.6B exports) keep their weights in files such as
+//! `model.onnx_data`, named inside the graph's protobuf. ONNX Runtime would only fail on a missing one deep inside
+//! session creation; reading the names here lets start-up say which file is missing, and lets the TensorRT engine
+//! cache hash the weights with the graph.
+//!
+//! This is a minimal reader of the protobuf wire format that walks only the messages that can hold tensors
+//! (model → graph → initializers, sparse initializers, node attributes and their subgraphs) and seeks over
+//! everything else, so a 2 GB graph with embedded weights costs a few reads, not a 2 GB parse. It is not a
+//! validator: a file it cannot read is reported as having no external data, and ONNX Runtime gives the error.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use super::model::model_error;
+use super::EngineError;
+
+/// What [`read`] found in an ONNX file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OnnxFile {
+    /// External data files (resolved beside the graph, each once, in the graph's order), checked to exist.
+    pub external_data: Vec<PathBuf>,
+    /// The top-level graph's inputs that are fed at run time (not initializers), in the graph's order.
+    pub inputs: Vec<String>,
+}
+
+/// Reads what `onnx` names. A file this reader cannot follow gives an empty result (ONNX Runtime will say what is
+/// wrong with it); a named external data file that is missing is an [`EngineError::Model`].
+pub fn read(onnx: &Path) -> Result<OnnxFile, EngineError> {
+    let file = File::open(onnx).map_err(|e| model_error(onnx, &format!("cannot open: {e}")))?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut found = Found::default();
+    if walk(&mut reader, len, Message::Model, &mut found).is_err() {
+        return Ok(OnnxFile::default());
+    }
+    let inputs = found.inputs.into_iter().filter(|name| !found.initializers.contains(name)).collect();
+    let base = onnx.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for location in found.locations {
+        let path = base.join(&location);
+        if files.contains(&path) {
+            continue;
+        }
+        if !path.is_file() {
+            return Err(model_error(
+                &path,
+                &format!(
+                    "missing: {} keeps weights in this external data file (copy it beside the graph)",
+                    onnx.display()
+                ),
+            ));
+        }
+        files.push(path);
+    }
+    Ok(OnnxFile {
+        external_data: files,
+        inputs,
+    })
+}
+
+/// Names collected while walking.
+#[derive(Default)]
+struct Found {
+    locations: Vec<String>,
+    inputs: Vec<String>,
+    initializers: Vec<String>,
+}
+
+/// The protobuf messages walked; every other field is skipped.
+#[derive(Clone, Copy)]
+enum Message {
+    Model,
+    /// The model's own graph (its inputs are the model's inputs).
+    TopGraph,
+    /// A subgraph of a node attribute.
+    Graph,
+    /// The name of a top-level input.
+    InputInfo,
+    Node,
+    Attribute,
+    Tensor,
+    SparseTensor,
+}
+
+/// A malformed or unsupported encoding; the caller gives up quietly.
+struct Malformed;
+
+impl Message {
+    /// The message a length-delimited field of `self` holds, if it is one worth entering.
+    fn child(self, field: u64) -> Option<Message> {
+        match (self, field) {
+            (Message::Model, 7) => Some(Message::TopGraph),
+            (Message::TopGraph, 11) => Some(Message::InputInfo),
+            (Message::Graph | Message::TopGraph, 1) => Some(Message::Node),
+            (Message::Graph | Message::TopGraph, 5) => Some(Message::Tensor),
+            (Message::Graph | Message::TopGraph, 15) => Some(Message::SparseTensor),
+            (Message::Node, 5) => Some(Message::Attribute),
+            (Message::Attribute, 5 | 10) => Some(Message::Tensor),
+            (Message::Attribute, 6 | 11) => Some(Message::Graph),
+            (Message::Attribute, 22 | 23) => Some(Message::SparseTensor),
+            (Message::SparseTensor, 1 | 2) => Some(Message::Tensor),
+            _ => None,
+        }
+    }
+}
+
+/// Walks the fields of one message that ends `len` bytes from here, collecting `external_data` locations.
+/// Top-level initializers' names are kept too: graphs of old IR versions list them among the inputs.
+fn walk<R: Read + Seek>(reader: &mut R, len: u64, message: Message, out: &mut Found) -> Result<(), Malformed> {
+    let mut left = len;
+    while left > 0 {
+        let (tag, tag_len) = varint(reader)?;
+        left = left.checked_sub(tag_len).ok_or(Malformed)?;
+        let (field, wire) = (tag >> 3, tag & 7);
+        let body = match wire {
+            0 => varint(reader)?.1,
+            1 => skip(reader, 8)?,
+            5 => skip(reader, 4)?,
+            2 => {
+                let (size, size_len) = varint(reader)?;
+                left = left.checked_sub(size_len).ok_or(Malformed)?;
+                if size > left {
+                    return Err(Malformed);
+                }
+                if let (Message::Tensor, 13) = (message, field) {
+                    if let Some(location) = entry_location(reader, size)? {
+                        out.locations.push(location);
+                    }
+                } else if let (Message::InputInfo, 1) = (message, field) {
+                    out.inputs.push(read_string(reader, size)?);
+                } else if let (Message::Tensor, 8) = (message, field) {
+                    // Only a top-level initializer's name matters, but any tensor name is harmless to keep.
+                    out.initializers.push(read_string(reader, size)?);
+                } else if let Some(child) = message.child(field) {
+                    walk(reader, size, child, out)?;
+                } else {
+                    skip(reader, size)?;
+                }
+                size
+            }
+            _ => return Err(Malformed),
+        };
+        left = left.checked_sub(body).ok_or(Malformed)?;
+    }
+    Ok(())
+}
+
+/// Reads one `StringStringEntryProto` (key 1, value 2) and returns the value when the key is `location`.
+fn entry_location<R: Read>(reader: &mut R, size: u64) -> Result<Option<String>, Malformed> {
+    let bytes = read_string(reader, size)?.into_bytes();
+    let mut rest = bytes.as_slice();
+    let (mut key, mut value) = (None, None);
+    while !rest.is_empty() {
+        let (tag, _) = varint(&mut rest)?;
+        if tag & 7 != 2 {
+            return Err(Malformed);
+        }
+        let (len, _) = varint(&mut rest)?;
+        let len = usize::try_from(len).map_err(|_| Malformed)?;
+        if len > rest.len() {
+            return Err(Malformed);
+        }
+        let text = String::from_utf8_lossy(&rest[..len]).into_owned();
+        rest = &rest[len..];
+        match tag >> 3 {
+            1 => key = Some(text),
+            2 => value = Some(text),
+            _ => {}
+        }
+    }
+    Ok(if key.as_deref() == Some("location") { value } else { None })
+}
+
+fn read_string<R: Read>(reader: &mut R, size: u64) -> Result<String, Malformed> {
+    if size > 64 * 1024 {
+        return Err(Malformed);
+    }
+    let mut bytes = vec![0u8; size as usize];
+    reader.read_exact(&mut bytes).map_err(|_| Malformed)?;
+    String::from_utf8(bytes).map_err(|_| Malformed)
+}
+
+/// A base-128 varint and the bytes it took.
+fn varint<R: Read>(reader: &mut R) -> Result<(u64, u64), Malformed> {
+    let mut value = 0u64;
+    for index in 0..10 {
+        let mut byte = [0u8];
+        reader.read_exact(&mut byte).map_err(|_| Malformed)?;
+        value |= u64::from(byte[0] & 0x7f) << (7 * index);
+        if byte[0] & 0x80 == 0 {
+            return Ok((value, index + 1));
+        }
+    }
+    Err(Malformed)
+}
+
+fn skip<R: Read + Seek>(reader: &mut R, n: u64) -> Result<u64, Malformed> {
+    let offset = i64::try_from(n).map_err(|_| Malformed)?;
+    reader.seek_relative(offset).map_err(|_| Malformed)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(number: u64, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![(number << 3 | 2) as u8];
+        out.push(body.len() as u8);
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A model whose one initializer keeps its data in `location`, and has a raw_data field to skip.
+    fn model(location: &str) -> Vec<u8> {
+        let entry = [field(1, b"location"), field(2, location.as_bytes())].concat();
+        let tensor = [field(8, b"w"), field(9, &[0u8; 40]), field(13, &entry), vec![14 << 3, 1]].concat();
+        let input = |name: &[u8]| field(11, &field(1, name));
+        let graph = [field(2, b"g"), field(5, &tensor), input(b"input_ids"), input(b"w")].concat();
+        [vec![1 << 3, 8], field(7, &graph)].concat()
+    }
+
+    #[test]
+    fn finds_external_data_and_checks_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("model.onnx");
+        std::fs::write(&onnx, model("model.onnx_data")).unwrap();
+        let err = read(&onnx).unwrap_err().to_string();
+        assert!(err.contains("model.onnx_data") && err.contains("missing"), "{err}");
+        std::fs::write(dir.path().join("model.onnx_data"), b"weights").unwrap();
+        let found = read(&onnx).unwrap();
+        assert_eq!(found.external_data, vec![dir.path().join("model.onnx_data")]);
+        // `w` is an initializer listed among the inputs (old IR versions do that): not a run-time input.
+        assert_eq!(found.inputs, vec!["input_ids".to_owned()]);
+    }
+
+    #[test]
+    fn files_it_cannot_read_have_no_external_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let onnx = dir.path().join("model.onnx");
+        std::fs::write(&onnx, b"not a protobuf at all").unwrap();
+        assert_eq!(read(&onnx).unwrap(), OnnxFile::default());
+        let mut truncated = model("x.bin");
+        truncated.truncate(truncated.len() - 10);
+        std::fs::write(&onnx, truncated).unwrap();
+        assert_eq!(read(&onnx).unwrap(), OnnxFile::default());
+    }
+}

@@ -6,6 +6,7 @@
 
 mod akictl;
 mod daemon;
+mod decoder;
 mod engine;
 mod hostile;
 mod python;

@@ -100,10 +100,15 @@ pub fn daemon_config(dir: &Path, extra: &str) -> String {
     } else {
         format!("socket = {:?}\n", dir.join("embed.sock"))
     };
+    let model_extra = section(extra, "[model]");
+    let model_dir = if model_extra.contains("dir =") {
+        String::new()
+    } else {
+        format!("dir = {:?}\n", default_model_dir())
+    };
     format!(
-        "[server]\n{socket}shutdown_grace_ms = 5000\n{server_extra}\n[model]\ndir = {model:?}\n{rest}",
-        model = default_model_dir(),
-        rest = without_section(extra, "[server]"),
+        "[server]\n{socket}shutdown_grace_ms = 5000\n{server_extra}\n[model]\n{model_dir}{model_extra}\n{rest}",
+        rest = without_section(&without_section(extra, "[server]"), "[model]"),
     )
 }
 
@@ -185,6 +190,9 @@ impl Daemon {
             if self.health().as_deref() == Some("ready") {
                 return;
             }
+            if self.has_exited() {
+                panic!("akidbd exited before it became ready; log:\n{}", self.log());
+            }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         panic!("akidbd did not become ready; log:\n{}", self.log());
@@ -206,6 +214,13 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited (it stays a zombie until reaped, so /proc still shows it, in state Z).
+    pub fn has_exited(&self) -> bool {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        matches!(state, None | Some('Z' | 'X'))
     }
 
     pub fn pid(&self) -> i32 {

@@ -10,6 +10,7 @@ Qwen3-Embedding repositories are, with several ONNX exports of the same weights 
   model_fp16_output.onnx          as model.onnx, output cast to float16
   model_bf16_output.onnx          as model.onnx, output cast to bfloat16
   model_with_past.onnx            inputs with past_key_values.* (akidbd refuses it; see README)
+  model_odd_input.onnx            an extra input akidbd cannot feed (pixel_values), to be refused by name
   references.jsonl                one line per case: texts, options, and sentence-transformers' vectors
 
 and OUT-dense/: the same transformer with a Dense head (modules.json: Transformer, Pooling, Dense, Normalize),
@@ -341,7 +342,7 @@ def main():
     cast_output(os.path.join(out, "model.onnx"), os.path.join(out, "model_fp16_output.onnx"), TensorProto.FLOAT16)
     cast_output(os.path.join(out, "model.onnx"), os.path.join(out, "model_bf16_output.onnx"), TensorProto.BFLOAT16)
     if not args.full_size:
-        kv = (1, config.num_key_value_heads, 0, config.head_dim)
+        kv = (ids.shape[0], config.num_key_value_heads, 0, config.head_dim)
         past_mask = torch.ones_like(ids)
         try:
             export(WithPast(st[0].auto_model.eval()), [ids, past_mask, torch.zeros(kv), torch.zeros(kv)],
@@ -356,6 +357,10 @@ def main():
             for name in ("past_key_values.0.key", "past_key_values.0.value"):
                 declared.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2, "past", 16]))
             onnx.save(declared, os.path.join(out, "model_with_past.onnx"))
+    # A graph with an input akidbd cannot feed (it must refuse it by name).
+    odd = onnx.load(os.path.join(out, "model.onnx"))
+    odd.graph.input.append(helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3]))
+    onnx.save(odd, os.path.join(out, "model_odd_input.onnx"))
     checks = {
         "model.onnx": ort_check(os.path.join(out, "model.onnx"), st, CORPUS),
         "model_position_ids.onnx": ort_check(os.path.join(out, "model_position_ids.onnx"), st, CORPUS, True),

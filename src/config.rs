@@ -224,6 +224,9 @@ pub struct TensorrtConfig {
     pub fp16: bool,
     /// Build int8 engines.
     pub int8: bool,
+    /// Refused with an explanation: ONNX Runtime's TensorRT provider has no FP8 build flag; FP8 comes from a
+    /// pre-quantized Q/DQ model (`model.file`), which TensorRT runs in FP8 with `fp16` on.
+    pub fp8: bool,
     /// Engine cache root; a sub-directory keyed by model hash, ORT version, GPU and profile is used.
     /// Empty: `$CACHE_DIRECTORY/tensorrt` under systemd, else `target/tensorrt-cache`.
     pub engine_cache_dir: Option<PathBuf>,
@@ -548,6 +551,14 @@ impl DeviceConfig {
         );
         let trt = &self.tensorrt;
         check(
+            !trt.fp8,
+            format!(
+                "{name}.tensorrt.fp8: ONNX Runtime's TensorRT provider has no FP8 switch. Quantize the model to FP8 \
+                 ahead of time (a Q/DQ ONNX model, e.g. with NVIDIA ModelOpt), select it with model.file and keep \
+                 fp16 = true: TensorRT then runs the quantized layers in FP8"
+            ),
+        );
+        check(
             trt.builder_optimization_level <= 5,
             format!("{name}.tensorrt.builder_optimization_level must be 0..=5"),
         );
@@ -634,6 +645,7 @@ impl Default for TensorrtConfig {
         TensorrtConfig {
             fp16: true,
             int8: false,
+            fp8: false,
             engine_cache_dir: None,
             timing_cache: true,
             builder_optimization_level: DEFAULT_TRT_BUILDER_OPT_LEVEL,
@@ -738,6 +750,27 @@ mod tests {
         without_devices.devices.clear();
         assert_eq!(without_devices, Config::default());
         assert_eq!(config.effective_devices(), vec![DeviceConfig::default()]);
+    }
+
+    #[test]
+    fn fp8_is_refused_with_what_to_do_instead() {
+        let text = "[[devices]]\nep = \"tensorrt\"\n[devices.tensorrt]\nfp8 = true\nprofile_batch = [1, 8, 32]\n";
+        let errors = Config::from_toml(text).unwrap().validate().unwrap_err().0.join("\n");
+        assert!(
+            errors.contains("fp8") && errors.contains("Q/DQ") && errors.contains("model.file"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn model_file_must_stay_inside_the_model_directory() {
+        for file in ["/etc/model.onnx", "../model.onnx"] {
+            let text = format!("[model]\nfile = {file:?}\n");
+            let errors = Config::from_toml(&text).unwrap().validate().unwrap_err().0.join("\n");
+            assert!(errors.contains("model.file"), "{errors}");
+        }
+        let ok = Config::from_toml("[model]\nfile = \"onnx/model_fp16.onnx\"\n").unwrap();
+        assert!(ok.validate().is_ok());
     }
 
     #[test]

@@ -201,7 +201,8 @@ class Client:
 
     def submit(self, texts: Sequence[str], *, normalize: Optional[bool] = None, truncate: Optional[bool] = None,
                dimensions: Optional[int] = None, priority: Optional[str] = None,
-               deadline_ms: Optional[int] = None, encoding: Optional[str] = None) -> int:
+               deadline_ms: Optional[int] = None, encoding: Optional[str] = None,
+               prompt_name: Optional[str] = None, prompt: Optional[str] = None) -> int:
         """Sends an ``embed`` request without waiting for it; returns its id for :meth:`result`.
 
         Options as for :meth:`embed`. Many requests may be in flight on one connection.
@@ -210,7 +211,8 @@ class Client:
             raise TypeError("texts must be a sequence of strings, not a single string")
         request: Dict[str, Any] = {"op": "embed", "inputs": [str(t) for t in texts]}
         for key, value in (("normalize", normalize), ("truncate", truncate), ("dimensions", dimensions),
-                           ("priority", priority), ("deadline_ms", deadline_ms), ("encoding", encoding)):
+                           ("priority", priority), ("deadline_ms", deadline_ms), ("encoding", encoding),
+                           ("prompt_name", prompt_name), ("prompt", prompt)):
             if value is not None:
                 request[key] = value
         return self._send(request)
@@ -235,7 +237,8 @@ class Client:
 
     def embed(self, texts: Sequence[str], *, normalize: Optional[bool] = None, truncate: Optional[bool] = None,
               dimensions: Optional[int] = None, priority: Optional[str] = None,
-              deadline_ms: Optional[int] = None, encoding: Optional[str] = None) -> Vectors:
+              deadline_ms: Optional[int] = None, encoding: Optional[str] = None,
+              prompt_name: Optional[str] = None, prompt: Optional[str] = None) -> Vectors:
         """Embeds ``texts`` (a list of strings, at most ``info()["max_inputs"]``); returns one vector per text.
 
         - ``normalize``: L2-normalize (default: the model's setting, ``info()["normalize"]``).
@@ -245,11 +248,15 @@ class Client:
         - ``priority``: ``"realtime"``, ``"normal"`` (default) or ``"bulk"``.
         - ``deadline_ms``: answer ``deadline_exceeded`` if not done this many ms after the daemon reads it.
         - ``encoding``: how the vectors travel, ``"f32"`` (default, packed) or ``"array"``; the result is the same.
+        - ``prompt_name``: one of the model's prompts (``info()["prompts"]``, e.g. ``"query"`` for
+          Qwen3-Embedding) put before every text, as sentence-transformers' ``encode(prompt_name=...)`` does.
+        - ``prompt``: a literal prompt instead (``""``: none, even where the model has a default prompt).
 
         Raises :class:`AkidbError` on an error reply.
         """
         return self.result(self.submit(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
-                                       priority=priority, deadline_ms=deadline_ms, encoding=encoding))
+                                       priority=priority, deadline_ms=deadline_ms, encoding=encoding,
+                                       prompt_name=prompt_name, prompt=prompt))
 
     def health(self) -> str:
         """``"starting"``, ``"ready"``, ``"degraded"`` or ``"stopping"``."""

@@ -154,6 +154,11 @@ def run(client: Client, rows: List[dict]) -> None:
     for priority in ("realtime", "normal", "bulk"):
         v = rows_of(client.embed([text], priority=priority, deadline_ms=60_000))[0]
         check(cosine(v, base) >= SAME, f"priority={priority!r} with a deadline")
+    v = rows_of(client.embed([text], prompt=""))[0]
+    check(cosine(v, base) >= SAME, "prompt='' is no prompt")
+    prompted = rows_of(client.embed([text], prompt="query: "))[0]
+    joined = rows_of(client.embed(["query: " + text]))[0]
+    check(cosine(prompted, joined) >= SAME, "prompt='query: ' is the prompt joined before the text")
     long_text = "the robot arm moves " * 200
     reply = client.result_reply(client.submit([long_text, text]))
     check(reply["truncated"] == [0] and reply["count"] == 2 and reply["dim"] == dim,
@@ -164,6 +169,8 @@ def run(client: Client, rows: List[dict]) -> None:
     raises("invalid_request", "dimensions=1000", lambda: client.embed([text], dimensions=1000))
     raises("invalid_request", "dimensions=0", lambda: client.embed([text], dimensions=0))
     raises("invalid_request", "unknown priority", lambda: client.embed([text], priority="urgent"))
+    raises("invalid_request", "a prompt_name the model does not have",
+           lambda: client.embed([text], prompt_name="no-such-prompt"))
     raises("invalid_request", "empty inputs", lambda: client.embed([]))
     raises("input_too_long", "truncate=False on a long input", lambda: client.embed([long_text], truncate=False))
     raises("too_many_inputs", "over max_inputs",

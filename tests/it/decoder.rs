@@ -124,6 +124,11 @@ async fn export_with_external_data_serves_the_same_vectors() {
 }
 
 #[tokio::test]
+async fn an_fp16_model_serves_the_same_vectors() {
+    check_layout("model_fp16.onnx", 0.9999).await;
+}
+
+#[tokio::test]
 async fn fp16_and_bf16_outputs_are_read() {
     // The graph casts its hidden states to 16 bits: the rounding is all that may differ.
     check_layout("model_fp16_output.onnx", 0.9999).await;

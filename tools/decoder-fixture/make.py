@@ -7,6 +7,7 @@ Qwen3-Embedding repositories are, with several ONNX exports of the same weights 
   model.onnx                      inputs input_ids, attention_mask; output last_hidden_state
   model_position_ids.onnx         inputs input_ids, attention_mask, position_ids
   model_external.onnx (+ _data)   as model.onnx, weights in an external data file
+  model_fp16.onnx                 the whole model in float16 (weights, activations, output)
   model_fp16_output.onnx          as model.onnx, output cast to float16
   model_bf16_output.onnx          as model.onnx, output cast to bfloat16
   model_with_past.onnx            inputs with past_key_values.* (akidbd refuses it; see README)
@@ -383,6 +384,11 @@ def main():
     with open(os.path.join(dense_out, "references.jsonl"), "w") as f:
         for c in dense_cases:
             f.write(json.dumps(c, ensure_ascii=False) + "\n")
+
+    # An fp16 model (weights and activations): the layout GPUs are served with; ONNX Runtime's CPU provider runs it.
+    export(Hidden(st[0].auto_model.eval().half()), [ids, mask], ["input_ids", "attention_mask"], ["last_hidden_state"],
+           os.path.join(out, "model_fp16.onnx"),
+           {"input_ids": seq_axes, "attention_mask": seq_axes, "last_hidden_state": seq_axes})
 
     for d in (out, dense_out):
         for name in os.listdir(d):

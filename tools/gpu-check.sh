@@ -79,9 +79,9 @@ target/release/akictl --socket "$work/embed.sock" bench --concurrency 32 --durat
 target/release/akictl --socket "$work/embed.sock" bench --concurrency 1 --duration 5
 
 # Accuracy: the daemon against the reference embeddings of the fixtures, on this socket.
-python3 - "$work/embed.sock" <<'PY'
+target/pyenv/bin/python - "$work/embed.sock" <<'PY'
 import json, math, os, sys
-sys.path.insert(0, "tools/python"); sys.path.insert(0, "target/python")
+# The akidb-client package that `make setup` installed into target/pyenv.
 from akidb_client import Client
 path = "../shared/fixtures/minilm/public.jsonl"
 if not os.path.exists(path):

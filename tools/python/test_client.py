@@ -1,6 +1,10 @@
 """Checks the Python client against a running akidbd (plain asserts of a kind: every check is counted).
 
-    python3 tools/python/test_client.py --socket PATH --fixtures FILE [--no-numpy]
+    python3 -I tools/python/test_client.py --socket PATH --fixtures FILE [--no-numpy] [--allow-source-tree]
+
+It tests the *installed* package (`pip install ./tools/python`): run it with an interpreter that has it, and with
+-I so that this directory is not on sys.path. It fails if akidb_client is imported from the source tree, unless
+--allow-source-tree is given.
 
 The daemon must already be running on PATH with all-MiniLM-L6-v2 (the Rust test tests/it/python.rs starts one).
 FILE holds JSON lines with "text" and "embedding" (sentence-transformers' reference vectors). ``--no-numpy``
@@ -12,6 +16,7 @@ The last line printed is "N passed, M failed"; the exit status is 0 when M is 0,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -26,14 +31,14 @@ parser.add_argument("--socket", required=True, help="the running daemon's socket
 parser.add_argument("--fixtures", required=True, help="JSON lines with 'text' and 'embedding'")
 parser.add_argument("--no-numpy", action="store_true", help="force the pure-Python path (numpy made unimportable)")
 parser.add_argument("-v", "--verbose", action="store_true", help="print every check")
+parser.add_argument("--allow-source-tree", action="store_true", help="accept akidb_client from tools/python")
 args = parser.parse_args()
 
 if args.no_numpy:
     sys.modules["numpy"] = None  # type: ignore[assignment]  # `import numpy` now raises ImportError
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import akidb_client  # noqa: E402
-from akidb_client import AkidbError, Client  # noqa: E402
+from akidb_client import AkidbError, AsyncClient, Client  # noqa: E402
 
 MIN_COSINE = 0.997  # against the sentence-transformers reference
 SAME = 0.99999  # two embeddings of the same text by the daemon
@@ -97,6 +102,13 @@ def check_form(vectors: Any, n: int, dim: int, what: str) -> None:
 
 def run(client: Client, rows: List[dict]) -> None:
     texts = [r["text"] for r in rows]
+
+    # the installed package, not the file in the repository
+    here = os.path.dirname(os.path.abspath(__file__))
+    installed = not os.path.abspath(akidb_client.__file__).startswith(here + os.sep)
+    check(installed or args.allow_source_tree, f"akidb_client is the installed package ({akidb_client.__file__})")
+    typed = os.path.isfile(os.path.join(os.path.dirname(akidb_client.__file__), "py.typed"))
+    check(typed, "the package is marked typed (py.typed)")
 
     # numpy really is or is not in use
     if args.no_numpy:
@@ -208,6 +220,33 @@ def run(client: Client, rows: List[dict]) -> None:
         check(True, "result() of a collected id raises KeyError")
 
 
+async def run_async(rows: List[dict], expected: List[List[float]]) -> None:
+    """The asyncio client: the same vectors, many calls in flight on one connection, errors and close."""
+    texts = [r["text"] for r in rows]
+    async with await AsyncClient.connect(args.socket, timeout=120.0) as client:
+        check(await client.health() == "ready", "AsyncClient.health()")
+        info = await client.info()
+        check(info["dim"] == len(expected[0]), "AsyncClient.info()")
+        n = min(64, len(texts))
+        results = await asyncio.gather(*(client.embed([texts[i]], priority=("realtime", "normal", "bulk")[i % 3])
+                                         for i in range(n)))
+        worst = min(cosine(rows_of(v)[0], expected[i]) for i, v in enumerate(results))
+        check(worst >= SAME, f"AsyncClient: {n} concurrent calls on one connection, each its own vector ({worst:.7f})")
+        reply = await client.embed_reply(texts[:3], encoding="array", dimensions=16)
+        check(reply["count"] == 3 and reply["dim"] == 16 and reply["tokens"] > 0, "AsyncClient.embed_reply()")
+        outcomes = await asyncio.gather(client.embed([texts[0]], dimensions=10_000), client.embed([texts[1]]),
+                                        return_exceptions=True)
+        check(isinstance(outcomes[0], AkidbError) and outcomes[0].code == "invalid_request"
+              and not isinstance(outcomes[1], Exception), "AsyncClient: an error reply fails only its own call")
+        status = await client.status()
+        check(status["status"] == "ready", "AsyncClient.status()")
+    try:
+        await client.embed(["after close"])
+        check(False, "a call after close() raises ConnectionError")
+    except ConnectionError:
+        check(True, "a call after close() raises ConnectionError")
+
+
 def main() -> int:
     with open(args.fixtures, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
@@ -215,6 +254,8 @@ def main() -> int:
     try:
         with Client(args.socket, timeout=120.0) as client:
             run(client, rows)
+            expected = [rows_of(client.embed([r["text"]]))[0] for r in rows[:64]]
+        asyncio.run(run_async(rows[:64], expected))
     except Exception:  # an unexpected exception is one more failure, not a crash without a summary
         traceback.print_exc()
         check(False, "no unexpected exception")

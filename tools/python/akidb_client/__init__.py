@@ -11,6 +11,9 @@ Each frame is a 4-byte big-endian body length followed by the body, one MessageP
 
 The only dependency is the PyPI package ``msgpack``. When numpy is importable, vectors come back as an
 ``(n, dim)`` float32 array; otherwise as a list of ``n`` lists of ``dim`` Python floats.
+
+:class:`AsyncClient` offers the same operations to asyncio code (rclpy executors, agents, web services), with
+any number of requests in flight on one connection.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ try:  # numpy is optional
 except ImportError:  # exercised by test_client.py --no-numpy
     _np = None
 
-__all__ = ["Client", "AkidbError", "default_socket_path", "PROTOCOL_VERSION", "HAVE_NUMPY"]
+__all__ = ["Client", "AsyncClient", "AkidbError", "default_socket_path", "PROTOCOL_VERSION", "HAVE_NUMPY"]
 
 #: The protocol version this client speaks.
 PROTOCOL_VERSION = 1
@@ -65,6 +68,53 @@ def default_socket_path() -> str:
     if runtime:
         return os.path.join(runtime, "akidb", "embed.sock")
     return f"/tmp/akidb-{os.getuid()}/embed.sock"
+
+
+def decode_vectors(reply: Dict[str, Any], numpy: Any = None) -> Vectors:
+    """The vectors of an ``embed`` reply: an (n, dim) float32 array with ``numpy``, else lists of floats."""
+    count, dim, data = int(reply["count"]), int(reply["dim"]), reply["embeddings"]
+    if isinstance(data, (bytes, bytearray)):  # encoding "f32": count x dim little-endian float32
+        if len(data) != count * dim * 4:
+            raise ValueError(f"{len(data)} bytes of embeddings for {count} x {dim} float32")
+        if numpy is not None:
+            return numpy.frombuffer(data, dtype="<f4").astype(numpy.float32).reshape(count, dim)
+        floats = array.array("f")
+        floats.frombytes(data)
+        if sys.byteorder == "big":
+            floats.byteswap()
+        flat = floats.tolist()
+        return [flat[i * dim:(i + 1) * dim] for i in range(count)]
+    # encoding "array": one list of floats per input
+    if len(data) != count or any(len(row) != dim for row in data):
+        raise ValueError(f"embeddings are not {count} x {dim}")
+    if numpy is not None:
+        return numpy.asarray(data, dtype=numpy.float32).reshape(count, dim)
+    return [[float(x) for x in row] for row in data]
+
+
+def embed_request(texts: Sequence[str], **options: Any) -> Dict[str, Any]:
+    """The body of an ``embed`` request (without ``v`` and ``id``); options that are None are left out."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be a sequence of strings, not a single string")
+    request: Dict[str, Any] = {"op": "embed", "inputs": [str(t) for t in texts]}
+    for key, value in options.items():
+        if value is not None:
+            request[key] = value
+    return request
+
+
+def encode_frame(request_id: int, request: Dict[str, Any]) -> bytes:
+    """One frame: the u32 big-endian length, then the MessagePack body."""
+    body = msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, **request}, use_bin_type=True)
+    if len(body) > _MAX_FRAME:
+        raise ValueError(f"request of {len(body)} bytes does not fit a frame")
+    return _LENGTH.pack(len(body)) + body
+
+
+def reply_error(reply: Dict[str, Any], request_id: int) -> AkidbError:
+    """The :class:`AkidbError` an error reply stands for."""
+    error = reply.get("error") or {}
+    return AkidbError(str(error.get("code", "unknown")), str(error.get("message", "")), request_id)
 
 
 class Client:
@@ -135,10 +185,7 @@ class Client:
     def _send(self, request: Dict[str, Any]) -> int:
         request_id = self._next_id
         self._next_id += 1  # ids start at 1: the daemon uses id 0 for connection-level errors
-        body = msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, **request}, use_bin_type=True)
-        if len(body) > _MAX_FRAME:
-            raise ValueError(f"request of {len(body)} bytes does not fit a frame")
-        self._socket().sendall(_LENGTH.pack(len(body)) + body)
+        self._socket().sendall(encode_frame(request_id, request))
         self._in_flight.add(request_id)
         return request_id
 
@@ -161,15 +208,13 @@ class Client:
                 self._replies[reply_id] = reply
             elif not reply.get("ok"):
                 # id 0 (or an id we never sent): a connection-level error; the daemon closes the connection.
-                error = reply.get("error") or {}
-                raise AkidbError(str(error.get("code", "unknown")), str(error.get("message", "")), reply_id)
+                raise reply_error(reply, reply_id)
             else:
                 raise ValueError(f"reply to request {reply_id}, which is not in flight")
         self._in_flight.discard(request_id)
         reply = self._replies.pop(request_id)
         if not reply.get("ok"):
-            error = reply.get("error") or {}
-            raise AkidbError(str(error.get("code", "unknown")), str(error.get("message", "")), request_id)
+            raise reply_error(reply, request_id)
         return reply
 
     def _call(self, op: str) -> Dict[str, Any]:
@@ -178,24 +223,7 @@ class Client:
     # --- vectors ------------------------------------------------------------------------------------------
 
     def _vectors(self, reply: Dict[str, Any]) -> Vectors:
-        count, dim, data = int(reply["count"]), int(reply["dim"]), reply["embeddings"]
-        if isinstance(data, (bytes, bytearray)):  # encoding "f32": count x dim little-endian float32
-            if len(data) != count * dim * 4:
-                raise ValueError(f"{len(data)} bytes of embeddings for {count} x {dim} float32")
-            if self._numpy is not None:
-                return self._numpy.frombuffer(data, dtype="<f4").astype(self._numpy.float32).reshape(count, dim)
-            floats = array.array("f")
-            floats.frombytes(data)
-            if sys.byteorder == "big":
-                floats.byteswap()
-            flat = floats.tolist()
-            return [flat[i * dim:(i + 1) * dim] for i in range(count)]
-        # encoding "array": one list of floats per input
-        if len(data) != count or any(len(row) != dim for row in data):
-            raise ValueError(f"embeddings are not {count} x {dim}")
-        if self._numpy is not None:
-            return self._numpy.asarray(data, dtype=self._numpy.float32).reshape(count, dim)
-        return [[float(x) for x in row] for row in data]
+        return decode_vectors(reply, self._numpy)
 
     # --- operations ---------------------------------------------------------------------------------------
 
@@ -207,15 +235,9 @@ class Client:
 
         Options as for :meth:`embed`. Many requests may be in flight on one connection.
         """
-        if isinstance(texts, (str, bytes)):
-            raise TypeError("texts must be a sequence of strings, not a single string")
-        request: Dict[str, Any] = {"op": "embed", "inputs": [str(t) for t in texts]}
-        for key, value in (("normalize", normalize), ("truncate", truncate), ("dimensions", dimensions),
-                           ("priority", priority), ("deadline_ms", deadline_ms), ("encoding", encoding),
-                           ("prompt_name", prompt_name), ("prompt", prompt)):
-            if value is not None:
-                request[key] = value
-        return self._send(request)
+        return self._send(embed_request(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
+                                        priority=priority, deadline_ms=deadline_ms, encoding=encoding,
+                                        prompt_name=prompt_name, prompt=prompt))
 
     def result_reply(self, request_id: int) -> Dict[str, Any]:
         """The whole reply to a request sent with :meth:`submit`, its ``embeddings`` decoded as by :meth:`result`.
@@ -271,3 +293,6 @@ class Client:
         """The operator's view: ``status``, ``devices``, ``queues``, ``counters``, ``latency_ms``,
         ``throughput``, ``thermal`` and more (see docs/PROTOCOL.md)."""
         return self._call("status")
+
+
+from .aio import AsyncClient  # noqa: E402  (it builds on the helpers above)

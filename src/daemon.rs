@@ -154,9 +154,9 @@ async fn keep_alive(devices: actors::Heartbeats, state: Arc<DaemonState>) {
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = tokio::time::Instant::now();
             let status = state.status();
-            let ready = status.devices.iter().filter(|d| d.state != "failed").count();
+            let ready = status.devices.iter().filter(|d| d.state == "ready" || d.state == "busy").count();
             systemd::status(&format!(
-                "{}: {ready} device(s), {:.0} req/s",
+                "{}: {ready} device(s) serving, {:.0} req/s",
                 status.status, status.throughput.requests_per_s
             ));
         }

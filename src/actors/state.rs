@@ -182,10 +182,20 @@ impl DaemonState {
         self.real_tokens.fetch_add(real_tokens as u64, Ordering::Relaxed);
     }
 
+    /// `starting`, `ready` (every device serves), `degraded` (a device failed for good, or is being restarted or
+    /// replaced: it is not counted as serving meanwhile) or `stopping`.
     pub fn health(&self) -> &'static str {
         match self.phase() {
             Phase::Starting => "starting",
-            Phase::Ready => "ready",
+            Phase::Ready
+                if self
+                    .devices
+                    .iter()
+                    .all(|d| matches!(d.state(), DeviceState::Ready | DeviceState::Busy)) =>
+            {
+                "ready"
+            }
+            Phase::Ready => "degraded",
             Phase::Degraded => "degraded",
             Phase::Stopping => "stopping",
         }
@@ -346,5 +356,38 @@ mod tests {
         let p = percentiles(&mut micros);
         assert_eq!((p.count, p.p50, p.p95, p.p99, p.max), (100, 50.0, 95.0, 99.0, 100.0));
         assert_eq!(percentiles(&mut []), Percentiles::default());
+    }
+
+    #[test]
+    fn a_device_being_restarted_is_not_counted_as_serving() {
+        let dir = std::path::PathBuf::from("models/x");
+        let model = crate::engine::ModelInfo {
+            name: "m".into(),
+            dir: dir.clone(),
+            onnx_path: dir.join("model.onnx"),
+            external_data: Vec::new(),
+            graph_inputs: Vec::new(),
+            tokenizer_path: dir.join("tokenizer.json"),
+            max_tokens: 16,
+            max_tokens_uncapped: None,
+            pooling: crate::engine::Pooling::Mean,
+            normalize: true,
+            dim: 4,
+            do_lower_case: false,
+            prompts: Default::default(),
+            default_prompt_name: None,
+            head_modules: Vec::new(),
+        };
+        let state = DaemonState::new(model, &["cpu".to_owned()]);
+        assert_eq!(state.health(), "starting");
+        state.devices[0].set_state(DeviceState::Ready);
+        state.set_phase(Phase::Ready);
+        assert_eq!(state.health(), "ready");
+        state.devices[0].set_state(DeviceState::Busy);
+        assert_eq!(state.health(), "ready");
+        state.devices[0].set_state(DeviceState::Restarting);
+        assert_eq!(state.health(), "degraded", "the only device is being replaced");
+        state.devices[0].set_state(DeviceState::Ready);
+        assert_eq!(state.health(), "ready");
     }
 }

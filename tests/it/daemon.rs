@@ -307,6 +307,33 @@ async fn deadline_and_overload_are_answered_at_once() {
 
 #[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_degraded_while_the_only_device_restarts() {
+    // Every warm-up takes 1.5 s more, the restart's too: a window in which no device serves.
+    let daemon = Daemon::spawn("[batcher]\nmax_restarts = 5\n", &[("AKIDB_FAULT_WARMUP_MS", "1500")]);
+    daemon.wait_ready();
+    let mut client = daemon.client().await;
+    let failed = within(30, client.embed(&["\0akidb-fault:panic"], &EmbedParams::default())).await;
+    assert!(failed.is_err());
+    let mut seen = Vec::new();
+    within(60, async {
+        loop {
+            let health = client.health().await.unwrap();
+            if seen.last() != Some(&health) {
+                seen.push(health.clone());
+            }
+            if health == "ready" && seen.iter().any(|h| h == "degraded") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(seen.contains(&"degraded".to_owned()), "health while the device restarts: {seen:?}");
+    within(30, client.embed(&["served again"], &EmbedParams::default())).await.unwrap();
+}
+
+#[cfg(feature = "fault-injection")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_mid_batch_fails_that_batch_and_the_daemon_keeps_serving() {
     let daemon = Daemon::start("[batcher]\nmax_restarts = 5\n");
     let mut client = daemon.client().await;

@@ -64,6 +64,8 @@ pub const DEFAULT_SOFT_C: f64 = 80.0;
 pub const DEFAULT_HARD_C: f64 = 90.0;
 /// Default hysteresis, °C.
 pub const DEFAULT_HYSTERESIS_C: f64 = 5.0;
+/// Default largest HTTP request body (bytes).
+pub const DEFAULT_HTTP_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Default TensorRT builder optimisation level.
 pub const DEFAULT_TRT_BUILDER_OPT_LEVEL: u8 = 3;
 
@@ -83,6 +85,24 @@ pub struct Config {
     pub batcher: BatcherConfig,
     /// Sensors and the thermal policy.
     pub monitor: MonitorConfig,
+    /// The OpenAI-compatible HTTP surface (off unless `listen` is set).
+    pub http: HttpConfig,
+}
+
+/// `[http]`: OpenAI-compatible embeddings, health and Prometheus metrics over HTTP/1.1. Off by default; requests
+/// go through the same batcher, limits and priorities as the socket's (connection count, `read_timeout_ms` and
+/// `max_inputs` come from `[server]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on, e.g. `"127.0.0.1:8080"`; unset: no HTTP.
+    pub listen: Option<String>,
+    /// When set, `/v1/*` and `/metrics` need `Authorization: Bearer <api_key>`.
+    pub api_key: Option<String>,
+    /// Allow an address other than loopback (the HTTP surface has no TLS: put it behind a proxy that has).
+    pub allow_remote: bool,
+    /// Largest request body, in bytes; a larger one is answered 413.
+    pub max_body_bytes: usize,
 }
 
 /// `[monitor]`
@@ -457,6 +477,7 @@ impl Config {
         );
         check(batcher.restart_window_s > 0, "batcher.restart_window_s must be at least 1".into());
         check(batcher.stuck_timeout_ms > 0, "batcher.stuck_timeout_ms must be at least 1".into());
+        self.http.validate(&mut check);
         let monitor = &self.monitor;
         check(monitor.interval_ms >= 10, "monitor.interval_ms must be at least 10".into());
         check(
@@ -500,6 +521,34 @@ impl fmt::Display for ConfigErrors {
             write!(f, "  - {error}")?;
         }
         Ok(())
+    }
+}
+
+// === impl HttpConfig ===
+
+impl HttpConfig {
+    /// The address to listen on, parsed (`None` when HTTP is off or the address is not valid).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|text| text.parse().ok())
+    }
+
+    fn validate(&self, check: &mut impl FnMut(bool, String)) {
+        let Some(listen) = &self.listen else { return };
+        match listen.parse::<std::net::SocketAddr>() {
+            Err(_) => check(false, format!("http.listen {listen:?} is not an address like \"127.0.0.1:8080\"")),
+            Ok(addr) => check(
+                addr.ip().is_loopback() || self.allow_remote,
+                format!(
+                    "http.listen {listen} is not a loopback address: the HTTP surface has no TLS; set \
+                     http.allow_remote = true to serve it beyond this machine anyway"
+                ),
+            ),
+        }
+        check(
+            self.api_key.as_deref() != Some(""),
+            "http.api_key must not be empty (leave it unset for no key)".into(),
+        );
+        check(self.max_body_bytes >= 1024, "http.max_body_bytes must be at least 1024".into());
     }
 }
 
@@ -607,6 +656,17 @@ impl Default for ServerConfig {
             allowed_gids: Vec::new(),
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             io_threads: 0,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            api_key: None,
+            allow_remote: false,
+            max_body_bytes: DEFAULT_HTTP_MAX_BODY_BYTES,
         }
     }
 }

@@ -61,6 +61,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
             }))
         }
     };
+    let http_listener = match config.http.listen_addr() {
+        Some(addr) => Some(
+            server::http::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Socket(server::ServeError::HttpBind { addr, source }))?,
+        ),
+        None => None,
+    };
     let devices = config.effective_devices();
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
     let state = Arc::new(DaemonState::new(model.clone(), &kinds));
@@ -78,9 +86,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     let stop = CancellationToken::new();
     let policy = ConnectionPolicy::from_config(&config.server, config.batcher.max_batch_tokens);
     let server_config = config.server.clone();
+    let http_task = http_listener.map(|listener| {
+        let (handle, stop) = (started.handle.clone(), stop.clone());
+        let (http, server) = (config.http.clone(), config.server.clone());
+        tracing::info!(addr = ?config.http.listen, "serving HTTP (OpenAI-compatible /v1/embeddings, /health, /metrics)");
+        tokio::spawn(async move { server::http::serve(listener, handle, &http, &server, stop).await })
+    });
     let server_task = tokio::spawn({
         let (handle, stop) = (started.handle.clone(), stop.clone());
-        async move { server::serve(bound, handle, &server_config, policy, stop).await }
+        async move {
+            server::serve(bound, handle, &server_config, policy, stop).await;
+            if let Some(http_task) = http_task {
+                let _ = http_task.await;
+            }
+        }
     });
 
     tokio::pin!(shutdown);

@@ -10,6 +10,7 @@
 //! - `server`: the Unix socket, connections and shutdown.
 //! - `telemetry`, `systemd`: logging and service-manager notifications.
 //! - `memory`: giving freed memory back to the system when warm and when idle.
+//! - [`metrics`]: the `status` figures as Prometheus text (`akictl metrics`, HTTP `/metrics`).
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -22,6 +23,7 @@ pub(crate) mod actors;
 pub mod client;
 pub mod daemon;
 pub(crate) mod memory;
+pub mod metrics;
 pub mod monitor;
 pub(crate) mod server;
 pub(crate) mod systemd;

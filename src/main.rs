@@ -27,6 +27,9 @@ struct Args {
     /// Model directory (overrides model.dir).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Serve the OpenAI-compatible HTTP surface on this address, e.g. 127.0.0.1:8080 (overrides http.listen).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// Validate the configuration, print what would run, and exit.
     #[arg(long)]
     check_config: bool,
@@ -97,6 +100,9 @@ fn load_config(args: &Args) -> Result<Config, String> {
     }
     if let Some(model) = &args.model {
         config.model.dir = model.clone();
+    }
+    if let Some(http) = &args.http {
+        config.http.listen = Some(http.clone());
     }
     config.validate().map_err(|errors| format!("invalid configuration:\n{errors}"))?;
     Ok(config)

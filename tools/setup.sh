@@ -40,14 +40,16 @@ setup_python() {
   local py stamp
   py=$(command -v python3 || true)
   [ -n "$py" ] || { echo "setup: no python3; the Python client test will fail and say so" >&2; return 0; }
-  stamp=$(cat tools/python/pyproject.toml tools/python/akidb_client/* | sha256sum | cut -d' ' -f1)
+  stamp=$( (cat tools/python/pyproject.toml tools/python/akidb_client/*.py; grep -o '[a-z-]*==[0-9.]*' "$0") | sha256sum | cut -d' ' -f1)
   if [ -f "$PY_ENV/.stamp" ] && [ "$(cat "$PY_ENV/.stamp")" = "$stamp" ]; then return 0; fi
   if [ ! -x "$PY_ENV/bin/python" ]; then
     "$py" -m venv "$PY_ENV" || { echo "setup: cannot create $PY_ENV (python3 -m venv)" >&2; return 0; }
   fi
+  # openai and prometheus-client: the third-party clients the HTTP surface is tested with (tests/it/http.rs).
   "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check msgpack==1.2.4 numpy==2.3.5 \
+      openai==3.57.0 prometheus-client==0.26.0 \
     && "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./tools/python \
-    && echo "$stamp" > "$PY_ENV/.stamp" && echo "setup: akidb-client (tools/python), msgpack, numpy -> $PY_ENV" \
+    && echo "$stamp" > "$PY_ENV/.stamp" && echo "setup: akidb-client (tools/python), msgpack, numpy, openai -> $PY_ENV" \
     || echo "setup: could not install the Python client into $PY_ENV; its test will say so" >&2
 }
 

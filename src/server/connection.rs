@@ -21,8 +21,8 @@ use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, Phase, ServeError};
 use crate::engine::EmbedOptions;
 use crate::protocol::frame::append_frame;
 use crate::protocol::message::{
-    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Priority,
-    Request, StatusReply, Timing,
+    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Request,
+    StatusReply, Timing,
 };
 use crate::protocol::{read_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
 
@@ -78,7 +78,11 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
                 permit.send(encode(&err.reply()));
             }
             Ok(request) => {
-                if let Some((priority, err)) = refusal(&handle, &request, received) {
+                let refused = match &request.op {
+                    Op::Embed(embed) => refusal(&handle, embed, received).map(|err| (embed.priority, err)),
+                    _ => None,
+                };
+                if let Some((priority, err)) = refused {
                     // Answered here, without a task: while stopping, and under overload for most requests.
                     let code = error_code(&err);
                     handle.state.record_reply(Some(priority), received.elapsed(), 0, 0, Some(code));
@@ -166,36 +170,37 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
             })
         }
         Op::Embed(embed) => {
-            let priority = embed.priority;
             let encoding = embed.encoding;
-            let n_inputs = embed.inputs.len();
-            let outcome = handle.embed(job(embed, received)).await;
-            let latency = received.elapsed();
-            match outcome {
-                Ok(done) => {
-                    state.record_reply(Some(priority), latency, n_inputs, done.tokens, None);
-                    encode(&embed_reply(handle, id, done, encoding, latency))
-                }
-                Err(err) => {
-                    let code = error_code(&err);
-                    state.record_reply(Some(priority), latency, n_inputs, 0, Some(code));
-                    encode(&ErrorReply::new(id, code, err.to_string()))
-                }
+            match serve_embed(handle, embed, received).await {
+                Ok(done) => encode(&embed_reply(handle, id, done, encoding, received.elapsed())),
+                Err(err) => encode(&ErrorReply::new(id, error_code(&err), err.to_string())),
             }
         }
     }
 }
 
+/// Serves one embed request through the actors, as every transport does, and records its outcome in the status
+/// figures. The caller has already checked [`refusal`].
+pub(crate) async fn serve_embed(handle: &DaemonHandle, embed: EmbedRequest, received: Instant) -> Result<EmbedDone, ServeError> {
+    let (priority, n_inputs) = (embed.priority, embed.inputs.len());
+    let outcome = handle.embed(job(embed, received)).await;
+    let latency = received.elapsed();
+    match &outcome {
+        Ok(done) => handle.state.record_reply(Some(priority), latency, n_inputs, done.tokens, None),
+        Err(err) => handle
+            .state
+            .record_reply(Some(priority), latency, n_inputs, 0, Some(error_code(err))),
+    }
+    outcome
+}
+
 /// An embed request the daemon refuses before doing any work on it: read while the daemon is stopping
 /// (`shutting_down`), or refused by [`DaemonHandle::refusal`].
-fn refusal(handle: &DaemonHandle, request: &Request, received: Instant) -> Option<(Priority, ServeError)> {
-    let Op::Embed(embed) = &request.op else { return None };
+pub(crate) fn refusal(handle: &DaemonHandle, embed: &EmbedRequest, received: Instant) -> Option<ServeError> {
     if handle.state.phase() == Phase::Stopping {
-        return Some((embed.priority, ServeError::ShuttingDown));
+        return Some(ServeError::ShuttingDown);
     }
-    handle
-        .refusal(embed.priority, deadline(embed, received))
-        .map(|err| (embed.priority, err))
+    handle.refusal(embed.priority, deadline(embed, received))
 }
 
 /// A request's deadline, counted from receipt.

@@ -1,9 +1,11 @@
 //! The Unix socket server: binding, the accept loop with its connection limit, and peer credential checks.
 //!
-//! Each connection runs in [`connection`]; signals and the graceful stop live in [`shutdown`]. The server turns
+//! Each connection runs in [`connection`]; the optional OpenAI-compatible HTTP surface, a second transport onto
+//! the same requests, lives in [`http`]; signals and the graceful stop live in [`shutdown`]. The server turns
 //! frames into requests and requests into calls on the actors' [`DaemonHandle`]; it never sees ONNX Runtime.
 
 pub(crate) mod connection;
+pub(crate) mod http;
 pub(crate) mod shutdown;
 
 use std::io;
@@ -32,6 +34,14 @@ pub enum ServeError {
     /// Another daemon answers on the socket path.
     #[error("another akidbd is already running on {0}")]
     AlreadyRunning(PathBuf),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpBind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// The socket could not be created.
     #[error("cannot listen on {path}: {source}")]
     Bind {

@@ -160,7 +160,7 @@ fn metrics_are_prometheus_text() {
     let text = String::from_utf8(output.stdout).unwrap();
     let mut samples = 0;
     for line in text.lines() {
-        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+        if line.starts_with("# HELP ") || line.starts_with("# TYPE ") || line.starts_with("# UNIT ") || line == "# EOF" {
             continue;
         }
         // name{labels} value
@@ -177,6 +177,7 @@ fn metrics_are_prometheus_text() {
         samples += 1;
     }
     assert!(samples >= 10);
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
     assert!(text.contains("akidb_up 1"));
     assert!(text.contains("akidb_inputs_total 1"));
 }

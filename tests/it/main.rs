@@ -9,6 +9,7 @@ mod daemon;
 mod decoder;
 mod engine;
 mod hostile;
+mod http;
 mod python;
 mod systemd;
 mod thermal;

@@ -223,6 +223,6 @@ async fn embed(socket: &Path, texts: Vec<String>, params: EmbedParams, batch: us
 async fn metrics(socket: &Path) -> Result<ExitCode, ClientError> {
     let mut client = Client::connect(socket).await?;
     let status = client.status().await?;
-    print!("{}", report::prometheus(&status));
+    print!("{}", akidb::metrics::prometheus_text(&status));
     Ok(ExitCode::SUCCESS)
 }

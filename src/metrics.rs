@@ -1,0 +1,164 @@
+//! The daemon's figures in Prometheus / OpenMetrics text, from one `status` snapshot.
+//!
+//! One encoder for both places that expose them: `akictl metrics` (for node_exporter's textfile collector) and
+//! the HTTP surface's `GET /metrics` (for a Prometheus scrape). The text itself is written by the
+//! prometheus-client crate, so escaping, types and the `_total` suffix of counters follow the format exactly.
+//! This module only maps a [`StatusBody`] onto metrics; it reads no state of its own.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::message::StatusBody;
+
+/// The content type of [`prometheus_text`] (OpenMetrics 1.0 text, which Prometheus scrapes natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+type FloatCounter = Counter<f64, AtomicU64>;
+
+/// Every figure of `status` as metrics named `akidb_*`.
+pub fn prometheus_text(status: &StatusBody) -> String {
+    let mut registry = Registry::with_prefix("akidb");
+    let ready = if status.status == "ready" { 1.0 } else { 0.0 };
+    gauge(&mut registry, "up", "1 when the daemon is ready", ready);
+    gauge(&mut registry, "uptime_seconds", "Seconds since the daemon started", status.uptime_s);
+    let c = &status.counters;
+    counter(&mut registry, "requests", "Requests answered", c.requests);
+    counter(&mut registry, "inputs", "Inputs embedded", c.inputs);
+    counter(&mut registry, "tokens", "Tokens embedded", c.tokens);
+    counter(&mut registry, "batches", "Batches run", c.batches);
+    counter(
+        &mut registry,
+        "late_inputs",
+        "Inputs computed after their caller stopped waiting (wasted work)",
+        c.late_inputs,
+    );
+    counter(&mut registry, "connections", "Connections accepted", c.connections);
+    let errors = Family::<Labels, FloatCounter>::default();
+    for (code, n) in &c.errors {
+        errors.get_or_create(&labels(&[("code", code)])).inc_by(*n as f64);
+    }
+    registry.register("errors", "Error replies by code", errors);
+    let queues = Family::<Labels, FloatGauge>::default();
+    for (class, n) in &status.queues {
+        queues.get_or_create(&labels(&[("class", class)])).set(*n as f64);
+    }
+    registry.register("queued_inputs", "Inputs waiting per priority class", queues);
+    let latency = Family::<Labels, FloatGauge>::default();
+    for (class, p) in &status.latency_ms {
+        for (quantile, value) in [("0.5", p.p50), ("0.95", p.p95), ("0.99", p.p99), ("1", p.max)] {
+            latency
+                .get_or_create(&labels(&[("class", class), ("quantile", quantile)]))
+                .set(value / 1000.0);
+        }
+    }
+    registry.register("latency_seconds", "Request latency quantiles over the last 60 s", latency);
+    gauge(&mut registry, "padding_ratio", "Padded tokens per real token", status.padding_ratio);
+    gauge(&mut registry, "mean_batch_size", "Mean inputs per batch", status.mean_batch_size);
+    register_devices(&mut registry, status);
+    let thermal = match status.thermal.state.as_str() {
+        "hard" => 2.0,
+        "soft" => 1.0,
+        _ => 0.0,
+    };
+    gauge(&mut registry, "thermal_state", "0 normal, 1 soft, 2 hard", thermal);
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+fn register_devices(registry: &mut Registry, status: &StatusBody) {
+    let batches = Family::<Labels, FloatCounter>::default();
+    let restarts = Family::<Labels, FloatCounter>::default();
+    let temperature = Family::<Labels, FloatGauge>::default();
+    let power = Family::<Labels, FloatGauge>::default();
+    for d in &status.devices {
+        let index = d.index.to_string();
+        let device = labels(&[("device", &index), ("kind", &d.kind), ("ep", &d.ep)]);
+        batches.get_or_create(&device).inc_by(d.batches as f64);
+        restarts.get_or_create(&device).inc_by(d.restarts as f64);
+        let sensors = d.sensors.as_ref();
+        if let Some(t) = sensors.and_then(|s| s.temperature_c) {
+            temperature.get_or_create(&labels(&[("device", &index)])).set(t);
+        }
+        if let Some(p) = sensors.and_then(|s| s.power_w) {
+            power.get_or_create(&labels(&[("device", &index)])).set(p);
+        }
+    }
+    registry.register("device_batches", "Batches run per device", batches);
+    registry.register("device_restarts", "Inference actor restarts per device", restarts);
+    registry.register(
+        "device_temperature_celsius",
+        "Device temperature (absent when unknown)",
+        temperature,
+    );
+    registry.register("device_power_watts", "Device power draw (absent when unknown)", power);
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: f64) {
+    let metric = FloatGauge::default();
+    metric.set(value);
+    registry.register(name, help, metric);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let metric = FloatCounter::default();
+    metric.inc_by(value as f64);
+    registry.register(name, help, metric);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::message::{DeviceStatus, Percentiles};
+
+    #[test]
+    fn every_figure_is_encoded_with_labels_escaped() {
+        let mut status = StatusBody {
+            status: "ready".into(),
+            ..StatusBody::default()
+        };
+        status.counters.requests = 7;
+        status.counters.errors.insert("invalid_request".into(), 2);
+        status.queues.insert("realtime".into(), 3);
+        status.latency_ms.insert(
+            "normal".into(),
+            Percentiles {
+                count: 1,
+                p50: 2.0,
+                p95: 3.0,
+                p99: 4.0,
+                max: 5.0,
+            },
+        );
+        status.devices.push(DeviceStatus {
+            index: 0,
+            kind: "cpu".into(),
+            ep: "odd \"ep\"".into(),
+            batches: 9,
+            ..DeviceStatus::default()
+        });
+        let text = prometheus_text(&status);
+        for needle in [
+            "akidb_up 1.0",
+            "akidb_requests_total 7.0",
+            "akidb_errors_total{code=\"invalid_request\"} 2.0",
+            "akidb_queued_inputs{class=\"realtime\"} 3.0",
+            "akidb_latency_seconds{class=\"normal\",quantile=\"0.99\"} 0.004",
+            "akidb_device_batches_total{device=\"0\",kind=\"cpu\",ep=\"odd \\\"ep\\\"\"} 9.0",
+            "# EOF",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+    }
+}

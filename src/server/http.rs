@@ -1,0 +1,515 @@
+//! The HTTP surface: OpenAI-compatible embeddings, health and Prometheus metrics, for the clients of the wider
+//! ecosystem (the `openai` package, LangChain, LlamaIndex, Prometheus).
+//!
+//! It is a second transport beside [`super::connection`], not a second daemon: an HTTP request becomes the same
+//! [`EmbedRequest`] as a socket frame, passes the same refusal checks, is served by the same
+//! [`connection::serve_embed`] through the same batcher and priorities, and its errors come from the same
+//! [`connection::error_code`] table, mapped here once more onto HTTP statuses and OpenAI's error JSON.
+//!
+//! Bounds for slow or hostile clients: at most `server.max_connections` connections (a new one waits up to a
+//! second for a slot, then is closed), request headers must arrive within `server.read_timeout_ms` (hyper's
+//! header timer) and the body within the same time, bodies over `http.max_body_bytes` are answered 413 without
+//! being read, and at most `server.max_inputs` inputs per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connection;
+use crate::actors::{DaemonHandle, ServeError};
+use crate::config::{HttpConfig, ServerConfig};
+use crate::protocol::message::{EmbedRequest, Encoding, Priority};
+use crate::protocol::ErrorCode;
+
+/// The request header that selects the priority class (`realtime`, `normal`, `bulk`; default `normal`).
+pub const PRIORITY_HEADER: &str = "x-akidb-priority";
+/// The request header that sets a deadline in milliseconds after receipt, as `deadline_ms` does on the socket.
+pub const DEADLINE_HEADER: &str = "x-akidb-deadline-ms";
+
+/// How long a new connection over the limit waits for a slot before it is closed.
+const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+/// What the handlers share.
+#[derive(Clone)]
+struct App {
+    handle: DaemonHandle,
+    api_key: Option<Arc<str>>,
+    max_inputs: usize,
+    max_body_bytes: usize,
+    read_timeout: Duration,
+}
+
+/// `POST /v1/embeddings`, as OpenAI defines it, plus akidb's optional fields.
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: Option<String>,
+    input: Value,
+    encoding_format: Option<String>,
+    dimensions: Option<u64>,
+    /// OpenAI's end-user id: accepted and ignored.
+    #[serde(rename = "user")]
+    _user: Option<String>,
+    /// akidb: one of the model's prompts (`GET /v1/models` lists them).
+    prompt_name: Option<String>,
+    /// akidb: a literal prompt.
+    prompt: Option<String>,
+    /// akidb: cut over-long inputs instead of answering 400 (OpenAI's behaviour, the default here).
+    truncate: Option<bool>,
+}
+
+/// The `POST /v1/embeddings` reply (typed, so that vectors are written as the shortest f32 text).
+#[derive(Serialize)]
+struct EmbeddingsReply<'a> {
+    object: &'static str,
+    data: Vec<EmbeddingItem>,
+    model: &'a str,
+    usage: Usage,
+}
+
+#[derive(Serialize)]
+struct EmbeddingItem {
+    object: &'static str,
+    index: usize,
+    embedding: Embedding,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Embedding {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+/// An error as OpenAI's API answers it.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: String,
+    message: String,
+    param: Option<&'static str>,
+}
+
+/// Binds the HTTP listener (before the actors start, so that a taken port fails start-up at once).
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves HTTP until `stop` is cancelled, then lets in-flight requests finish within the grace period.
+pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &HttpConfig, server: &ServerConfig, stop: CancellationToken) {
+    let app = App {
+        handle: handle.clone(),
+        api_key: http.api_key.as_deref().map(Arc::from),
+        max_inputs: server.max_inputs,
+        max_body_bytes: http.max_body_bytes,
+        read_timeout: Duration::from_millis(server.read_timeout_ms),
+    };
+    let read_timeout = app.read_timeout;
+    let router = Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(app);
+    let slots = Arc::new(Semaphore::new(server.max_connections));
+    let tracker = TaskTracker::new();
+    let close_all = CancellationToken::new();
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "http accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()) => slot,
+        };
+        let Ok(Ok(slot)) = slot else {
+            tracing::warn!(
+                max = server.max_connections,
+                "http connection limit reached; closing a new connection"
+            );
+            continue;
+        };
+        handle.state.connections.fetch_add(1, Ordering::Relaxed);
+        let service = TowerToHyperService::new(router.clone());
+        let close = close_all.child_token();
+        tracker.spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(TokioTimer::new()).header_read_timeout(read_timeout);
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = close.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+                }
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    // Idle keep-alive connections are closed now; those with a request in flight finish it first.
+    close_all.cancel();
+    let grace = Duration::from_millis(server.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, tracker.wait()).await;
+}
+
+// === handlers ===
+
+async fn embeddings(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let received = Instant::now();
+    match embed(&app, &headers, body, received).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) -> Result<Response, ApiError> {
+    authorize(app, headers)?;
+    let request: EmbeddingsRequest = read_json(app, headers, body).await?;
+    let model = &app.handle.state.model;
+    if let Some(asked) = request.model.as_deref().filter(|m| *m != model.name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model `{asked}` does not exist; this daemon serves `{}`", model.name),
+        )
+        .param("model"));
+    }
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(
+                ApiError::invalid(format!("encoding_format must be \"float\" or \"base64\", not {other:?}")).param("encoding_format"),
+            )
+        }
+    };
+    let inputs = inputs(request.input)?;
+    if inputs.len() > app.max_inputs {
+        return Err(ApiError::invalid(format!("{} inputs, at most {} per request", inputs.len(), app.max_inputs)).param("input"));
+    }
+    if request.dimensions == Some(0) {
+        return Err(ApiError::invalid("dimensions must be at least 1".into()).param("dimensions"));
+    }
+    let embed = EmbedRequest {
+        inputs,
+        normalize: None,
+        truncate: request.truncate.unwrap_or(false),
+        dimensions: request.dimensions.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        priority: priority(headers)?,
+        deadline_ms: deadline_ms(headers)?,
+        encoding: Encoding::F32,
+        prompt_name: request.prompt_name,
+        prompt: request.prompt,
+    };
+    if let Some(err) = connection::refusal(&app.handle, &embed, received) {
+        app.handle
+            .state
+            .record_reply(Some(embed.priority), received.elapsed(), 0, 0, Some(connection::error_code(&err)));
+        return Err(ApiError::from_serve(&err));
+    }
+    let state = &app.handle.state;
+    state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let outcome = connection::serve_embed(&app.handle, embed, received).await;
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let done = outcome.map_err(|err| ApiError::from_serve(&err))?;
+    let data = done
+        .embeddings
+        .into_iter()
+        .enumerate()
+        .map(|(index, vector)| EmbeddingItem {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Embedding::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                Embedding::Float(vector)
+            },
+        })
+        .collect();
+    let reply = EmbeddingsReply {
+        object: "list",
+        data,
+        model: &model.name,
+        usage: Usage {
+            prompt_tokens: done.tokens,
+            total_tokens: done.tokens,
+        },
+    };
+    Ok(Json(reply).into_response())
+}
+
+async fn models(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&app, &headers) {
+        return err.into_response();
+    }
+    let model = &app.handle.state.model;
+    Json(json!({
+        "object": "list",
+        "data": [{
+            "id": model.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "akidb",
+            "dim": model.dim,
+            "max_tokens": model.max_tokens,
+            "prompts": model.prompts,
+        }],
+    }))
+    .into_response()
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let status = app.handle.state.health();
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(json!({"status": status}))).into_response()
+}
+
+async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&app, &headers) {
+        return err.into_response();
+    }
+    let text = crate::metrics::prometheus_text(&app.handle.state.status());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        "no such route (POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics)".into(),
+    )
+    .into_response()
+}
+
+// === request parts ===
+
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &app.api_key else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect or missing API key (Authorization: Bearer <http.api_key>)".into(),
+        ))
+    }
+}
+
+/// Compares without an early exit, so that the time taken says nothing about how much of a key was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the whole body within the read timeout and the size limit, and parses it as JSON.
+async fn read_json<T: for<'de> Deserialize<'de>>(app: &App, headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "payload_too_large",
+            format!("the request body is over http.max_body_bytes ({} bytes)", app.max_body_bytes),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > app.max_body_bytes as u64) {
+        return Err(too_large());
+    }
+    let bytes = match tokio::time::timeout(app.read_timeout, axum::body::to_bytes(body, app.max_body_bytes)).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "timeout",
+                "the request body did not arrive within server.read_timeout_ms".into(),
+            ))
+        }
+        Ok(Err(_)) => return Err(too_large()),
+        Ok(Ok(bytes)) => bytes,
+    };
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// `input`: a string or an array of strings. Token-id arrays (which OpenAI also accepts) cannot be served: the
+/// ids would be those of another tokenizer.
+fn inputs(input: Value) -> Result<Vec<String>, ApiError> {
+    let token_ids = || {
+        ApiError::invalid(
+            "token-id arrays are not supported: akidbd tokenizes with its model's own tokenizer; send the text \
+             (input as a string or an array of strings)"
+                .into(),
+        )
+        .param("input")
+    };
+    match input {
+        Value::String(text) => Ok(vec![text]),
+        Value::Array(items) if items.is_empty() => Err(ApiError::invalid("input is empty".into()).param("input")),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                Value::Number(_) | Value::Array(_) => Err(token_ids()),
+                _ => Err(ApiError::invalid("input must be a string or an array of strings".into()).param("input")),
+            })
+            .collect(),
+        _ => Err(ApiError::invalid("input must be a string or an array of strings".into()).param("input")),
+    }
+}
+
+fn priority(headers: &HeaderMap) -> Result<Priority, ApiError> {
+    match headers.get(PRIORITY_HEADER).map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(Priority::Normal),
+        Some(text) => Priority::parse(text)
+            .ok_or_else(|| ApiError::invalid(format!("{PRIORITY_HEADER} must be realtime, normal or bulk, not {text:?}"))),
+    }
+}
+
+fn deadline_ms(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    headers
+        .get(DEADLINE_HEADER)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid(format!("{DEADLINE_HEADER} must be a number of milliseconds")))
+        })
+        .transpose()
+}
+
+// === impl ApiError ===
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, code: &str, message: String) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            code: code.to_owned(),
+            message,
+            param: None,
+        }
+    }
+
+    fn invalid(message: String) -> ApiError {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            ErrorCode::InvalidRequest.as_str(),
+            message,
+        )
+    }
+
+    fn param(mut self, param: &'static str) -> ApiError {
+        self.param = Some(param);
+        self
+    }
+
+    /// The HTTP face of the daemon's one error table ([`connection::error_code`]).
+    fn from_serve(err: &ServeError) -> ApiError {
+        let code = connection::error_code(err);
+        let (status, kind) = match code {
+            ErrorCode::Overloaded => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
+            ErrorCode::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
+            ErrorCode::ShuttingDown | ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            ErrorCode::Internal | ErrorCode::Unknown => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+            _ => (StatusCode::BAD_REQUEST, "invalid_request_error"),
+        };
+        let param = match code {
+            ErrorCode::InputTooLong | ErrorCode::TooManyInputs => Some("input"),
+            _ => None,
+        };
+        ApiError {
+            status,
+            kind,
+            code: code.as_str().to_owned(),
+            message: err.to_string(),
+            param,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_take_strings_and_refuse_token_ids() {
+        assert_eq!(inputs(json!("a")).ok(), Some(vec!["a".to_owned()]));
+        assert_eq!(inputs(json!(["a", "b"])).ok(), Some(vec!["a".to_owned(), "b".to_owned()]));
+        for bad in [json!([1, 2, 3]), json!([[1, 2], [3]])] {
+            let err = inputs(bad).err().unwrap();
+            assert!(err.message.contains("token-id") && err.status == StatusCode::BAD_REQUEST);
+        }
+        assert!(inputs(json!([])).is_err());
+        assert!(inputs(json!({"text": "a"})).is_err());
+    }
+
+    #[test]
+    fn serve_errors_map_to_http_statuses() {
+        let status = |err: ServeError| ApiError::from_serve(&err).status;
+        assert_eq!(status(ServeError::Overloaded("full".into())), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(status(ServeError::ShuttingDown), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            status(ServeError::InputTooLong { index: 0, max_tokens: 8 }),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(status(ServeError::Internal("x".into())), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(constant_time_eq(b"key", b"key") && !constant_time_eq(b"key", b"kez") && !constant_time_eq(b"k", b"key"));
+    }
+}

@@ -1,0 +1,116 @@
+//! What the HTTP surface adds to one short request, against the Unix socket, in one run on one daemon.
+//!
+//! Run with `cargo bench --bench http` (or `make bench`). Starts the real `akidbd` with `--http`, then sends the
+//! same short sentence one request at a time, alternating between a socket client (`akidb::client`, protocol v1)
+//! and an HTTP/1.1 keep-alive client (`POST /v1/embeddings`, JSON floats), and reports p50/p99 of each and their
+//! difference. Writes target/bench-http.json.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use akidb::client::{Client, EmbedParams};
+use serde_json::json;
+use tokio::time::Instant;
+
+const TEXT: &str = "the robot picks up the red cup from the kitchen table";
+const ROUNDS: usize = 600;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// One `POST /v1/embeddings` on a kept-alive connection; returns the response body.
+fn http_embed(stream: &mut BufReader<TcpStream>, body: &str) -> String {
+    let request = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.get_mut().write_all(request.as_bytes()).unwrap();
+    let mut length = 0;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        stream.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+    }
+    let mut out = vec![0u8; length];
+    stream.read_exact(&mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("http bench: run it with `cargo bench --bench http`");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bench.sock");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_akidbd"))
+        .arg("--model")
+        .arg(repo().join("models/all-MiniLM-L6-v2"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--http", &addr])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut client = runtime.block_on(async {
+        for _ in 0..600 {
+            if let Ok(mut client) = Client::connect(&socket).await {
+                if client.health().await.ok().as_deref() == Some("ready") {
+                    return client;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("akidbd did not become ready");
+    });
+    let mut http = BufReader::new(TcpStream::connect(&addr).unwrap());
+    http.get_mut().set_nodelay(true).unwrap();
+    let body = json!({"model": "all-MiniLM-L6-v2", "input": [TEXT]}).to_string();
+    let params = EmbedParams::default();
+    // Warm both paths, then alternate so that drift in the machine's speed hits both alike.
+    for _ in 0..50 {
+        runtime.block_on(client.embed(&[TEXT], &params)).unwrap();
+        assert!(http_embed(&mut http, &body).contains("\"embedding\""));
+    }
+    let (mut socket_ms, mut http_ms) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        runtime.block_on(client.embed(&[TEXT], &params)).unwrap();
+        socket_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        http_embed(&mut http, &body);
+        http_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    socket_ms.sort_by(f64::total_cmp);
+    http_ms.sort_by(f64::total_cmp);
+    let report = json!({
+        "rounds": ROUNDS,
+        "socket_p50_ms": percentile(&socket_ms, 0.5),
+        "socket_p99_ms": percentile(&socket_ms, 0.99),
+        "http_p50_ms": percentile(&http_ms, 0.5),
+        "http_p99_ms": percentile(&http_ms, 0.99),
+        "http_added_p50_ms": percentile(&http_ms, 0.5) - percentile(&socket_ms, 0.5),
+        "http_added_p99_ms": percentile(&http_ms, 0.99) - percentile(&socket_ms, 0.99),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    let _ = std::fs::write(repo().join("target/bench-http.json"), serde_json::to_string_pretty(&report).unwrap());
+}

@@ -745,6 +745,16 @@ impl Default for QueueCapacity {
     }
 }
 
+impl EpKind {
+    /// Every provider, in the order of their names.
+    pub const ALL: [EpKind; 4] = [EpKind::Coreml, EpKind::Cpu, EpKind::Cuda, EpKind::Tensorrt];
+
+    /// Parses a provider's name as [`fmt::Display`] writes it.
+    pub fn parse(text: &str) -> Option<EpKind> {
+        EpKind::ALL.into_iter().find(|kind| kind.to_string() == text)
+    }
+}
+
 impl fmt::Display for EpKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

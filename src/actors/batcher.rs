@@ -25,7 +25,7 @@ use super::queue::{Budget, Queues};
 use super::state::DaemonState;
 use super::supervisor::{ReplaceDevice, Supervisor};
 use super::{Item, Pending, ServeError};
-use crate::config::BatcherConfig;
+use crate::config::{BatcherConfig, EpKind};
 use crate::monitor::thermal::ThermalState;
 use crate::protocol::Priority;
 
@@ -60,8 +60,10 @@ pub(crate) struct Batcher {
 }
 
 struct Worker {
-    /// Batches this device may have prepared ahead.
+    /// Batches this device may have prepared ahead: `accelerator_prefetch` once it runs on an accelerator, 0 on
+    /// the CPU (and until it reports its provider).
     prefetch: usize,
+    accelerator_prefetch: usize,
     actor: Option<ActorRef<InferenceActor>>,
     /// Predicted run time of each batch sent and not yet done, oldest (running) first.
     outstanding: VecDeque<Duration>,
@@ -77,7 +79,7 @@ struct Worker {
 pub(crate) struct BatcherArgs {
     pub config: BatcherConfig,
     pub state: Arc<DaemonState>,
-    /// Batches prepared ahead, per device.
+    /// Batches prepared ahead, per device, when it runs on an accelerator (`batcher.prefetch`).
     pub prefetch: Vec<usize>,
 }
 
@@ -91,6 +93,8 @@ pub(crate) struct Submit {
 pub(crate) struct WorkerUp {
     pub index: usize,
     pub actor: ActorRef<InferenceActor>,
+    /// The provider the device's session really runs on (prefetch is for accelerators only).
+    pub ep: EpKind,
 }
 
 /// An inference actor finished a batch.
@@ -142,7 +146,8 @@ impl Actor for Batcher {
                 .prefetch
                 .iter()
                 .map(|&prefetch| Worker {
-                    prefetch,
+                    prefetch: 0,
+                    accelerator_prefetch: prefetch,
                     actor: None,
                     outstanding: VecDeque::new(),
                     busy_until: Instant::now(),
@@ -470,6 +475,9 @@ impl Message<WorkerUp> for Batcher {
 
     async fn handle(&mut self, msg: WorkerUp, _ctx: &mut Context<Self, Self::Reply>) {
         let slot = &mut self.workers[msg.index];
+        // A CPU session computes on the cores that would prepare its next batch: nothing to overlap. Decided by
+        // the provider in use, so a GPU device that fell back to the CPU prefetches nothing.
+        slot.prefetch = if msg.ep == EpKind::Cpu { 0 } else { slot.accelerator_prefetch };
         slot.actor = Some(msg.actor);
         slot.outstanding.clear();
         slot.in_flight.clear();

@@ -106,12 +106,14 @@ impl Actor for InferenceActor {
             }
         };
         *lock(&device.ep) = engine.active_ep().to_string();
+        *lock(&device.precision) = Some(engine.precision().to_owned());
         device.set_state(DeviceState::Ready);
         let _ = args
             .batcher
             .tell(WorkerUp {
                 index: args.index,
                 actor: actor_ref.clone(),
+                ep: engine.active_ep(),
             })
             .send()
             .await;

@@ -18,6 +18,10 @@ use crate::protocol::message::SensorStatus;
 
 pub(crate) struct Monitor {
     sources: Vec<Box<dyn SensorSource>>,
+    /// Each device's configuration and the provider its source was chosen for: the configured one until the
+    /// device reports the provider really in use (a TensorRT device that fell back to the CPU reads CPU zones).
+    devices: Vec<(DeviceConfig, EpKind)>,
+    config: MonitorConfig,
     limits: ThermalLimits,
     thermal: ThermalState,
     state: Arc<DaemonState>,
@@ -42,7 +46,7 @@ impl Actor for Monitor {
 
     async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
         let config = &args.config;
-        let sources = args.devices.iter().map(|device| source_for(device, config)).collect();
+        let sources = args.devices.iter().map(|device| source_for(device, device.ep, config)).collect();
         let interval = Duration::from_millis(config.interval_ms);
         let weak = actor_ref.downgrade();
         tokio::spawn(async move {
@@ -66,6 +70,8 @@ impl Actor for Monitor {
         }
         Ok(Monitor {
             sources,
+            devices: args.devices.iter().map(|d| (d.clone(), d.ep)).collect(),
+            config: args.config.clone(),
             limits,
             thermal: ThermalState::Normal,
             state: args.state,
@@ -74,9 +80,24 @@ impl Actor for Monitor {
     }
 }
 
-/// GPU devices: NVML, with sysfs (GPU zones) for what NVML does not tell. CPU devices: sysfs CPU zones.
-fn source_for(device: &DeviceConfig, config: &MonitorConfig) -> Box<dyn SensorSource> {
-    let gpu = matches!(device.ep, EpKind::Cuda | EpKind::Tensorrt);
+impl Monitor {
+    /// Rebuilds a device's sensor source when the provider it really runs on differs from the one it was chosen
+    /// for.
+    fn follow_active_provider(&mut self, index: usize) {
+        let active = lock(&self.state.devices[index].ep).clone();
+        let Some(active) = EpKind::parse(&active) else { return };
+        let (device, chosen_for) = &mut self.devices[index];
+        if *chosen_for != active {
+            tracing::info!(device = index, configured = %device.ep, active = %active, "sensors follow the provider in use");
+            *chosen_for = active;
+            self.sources[index] = source_for(device, active, &self.config);
+        }
+    }
+}
+
+/// GPU providers: NVML, with sysfs (GPU zones) for what NVML does not tell. CPU (and CoreML): sysfs CPU zones.
+fn source_for(device: &DeviceConfig, ep: EpKind, config: &MonitorConfig) -> Box<dyn SensorSource> {
+    let gpu = matches!(ep, EpKind::Cuda | EpKind::Tensorrt);
     let zones = if gpu { config.gpu_zones.clone() } else { config.cpu_zones.clone() };
     let sysfs = SysfsSource {
         root: config.sysfs_root.clone(),
@@ -110,8 +131,9 @@ impl Message<Sample> for Monitor {
     async fn handle(&mut self, _msg: Sample, _ctx: &mut Context<Self, Self::Reply>) {
         let mut hottest: Option<f64> = None;
         let mut power: Option<f64> = None;
-        for (index, source) in self.sources.iter_mut().enumerate() {
-            let reading = source.read();
+        for index in 0..self.sources.len() {
+            self.follow_active_provider(index);
+            let reading = self.sources[index].read();
             if let Some(t) = reading.temperature_c {
                 hottest = Some(hottest.map_or(t, |h| h.max(t)));
             }

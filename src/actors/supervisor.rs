@@ -23,7 +23,7 @@ use super::inference::{Heartbeat, InferenceActor, InferenceArgs, Startup};
 use super::monitor::{Monitor, MonitorArgs};
 use super::state::{lock, DaemonState, DeviceState, Phase};
 use super::DaemonHandle;
-use crate::config::{Config, EpKind};
+use crate::config::Config;
 use crate::engine::{ModelInfo, SharedTokenizer};
 
 /// What the supervisor needs.
@@ -80,11 +80,8 @@ impl Actor for Supervisor {
         let batcher_args = BatcherArgs {
             config: args.config.batcher.clone(),
             state: args.state.clone(),
-            // A CPU device computes on the same cores that would prepare its next batch: nothing to overlap.
-            prefetch: devices_config
-                .iter()
-                .map(|d| if d.ep == EpKind::Cpu { 0 } else { args.config.batcher.prefetch })
-                .collect(),
+            // Used once a device reports that it runs on an accelerator (see `WorkerUp`).
+            prefetch: vec![args.config.batcher.prefetch; devices_config.len()],
         };
         let batcher = Batcher::spawn_with_mailbox(batcher_args, mailbox::bounded(MAILBOX));
         let monitor_args = MonitorArgs {

@@ -105,6 +105,10 @@ pub trait Embedder: Send {
     fn model(&self) -> &ModelInfo;
     /// The execution provider the session really runs on.
     fn active_ep(&self) -> EpKind;
+    /// The precision it computes in ("fp32", "fp16", "bf16", "int8", "fp8").
+    fn precision(&self) -> &str {
+        "fp32"
+    }
     /// Runs one batch and returns each input's pooled vector (full dimension, not normalized), in input order.
     fn run(&mut self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError>;
 }

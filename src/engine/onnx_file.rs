@@ -25,6 +25,9 @@ pub struct OnnxFile {
     pub external_data: Vec<PathBuf>,
     /// The top-level graph's inputs that are fed at run time (not initializers), in the graph's order.
     pub inputs: Vec<String>,
+    /// The precision most of the graph's weights are stored in: "fp32", "fp16", "bf16", "fp8" or "int8" (None
+    /// when it has no float or quantized weights, or could not be read).
+    pub weights: Option<&'static str>,
 }
 
 /// Reads what `onnx` names. A file this reader cannot follow gives an empty result (ONNX Runtime will say what is
@@ -37,6 +40,12 @@ pub fn read(onnx: &Path) -> Result<OnnxFile, EngineError> {
     if walk(&mut reader, len, Message::Model, &mut found).is_err() {
         return Ok(OnnxFile::default());
     }
+    let weights = found
+        .weight_types
+        .iter()
+        .filter_map(|(&data_type, &count)| weight_precision(data_type).map(|name| (count, name)))
+        .max()
+        .map(|(_, name)| name);
     let inputs = found.inputs.into_iter().filter(|name| !found.initializers.contains(name)).collect();
     let base = onnx.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = Vec::new();
@@ -59,6 +68,7 @@ pub fn read(onnx: &Path) -> Result<OnnxFile, EngineError> {
     Ok(OnnxFile {
         external_data: files,
         inputs,
+        weights,
     })
 }
 
@@ -68,6 +78,20 @@ struct Found {
     locations: Vec<String>,
     inputs: Vec<String>,
     initializers: Vec<String>,
+    /// Top-level initializers by ONNX data type.
+    weight_types: std::collections::BTreeMap<u64, usize>,
+}
+
+/// ONNX `TensorProto.DataType` values that say what precision weights are stored in.
+fn weight_precision(data_type: u64) -> Option<&'static str> {
+    match data_type {
+        1 => Some("fp32"),
+        10 => Some("fp16"),
+        16 => Some("bf16"),
+        17..=20 => Some("fp8"),
+        2 | 3 => Some("int8"),
+        _ => None,
+    }
 }
 
 /// The protobuf messages walked; every other field is skipped.
@@ -80,6 +104,8 @@ enum Message {
     Graph,
     /// The name of a top-level input.
     InputInfo,
+    /// A top-level initializer (a weight).
+    Initializer,
     Node,
     Attribute,
     Tensor,
@@ -96,7 +122,8 @@ impl Message {
             (Message::Model, 7) => Some(Message::TopGraph),
             (Message::TopGraph, 11) => Some(Message::InputInfo),
             (Message::Graph | Message::TopGraph, 1) => Some(Message::Node),
-            (Message::Graph | Message::TopGraph, 5) => Some(Message::Tensor),
+            (Message::TopGraph, 5) => Some(Message::Initializer),
+            (Message::Graph, 5) => Some(Message::Tensor),
             (Message::Graph | Message::TopGraph, 15) => Some(Message::SparseTensor),
             (Message::Node, 5) => Some(Message::Attribute),
             (Message::Attribute, 5 | 10) => Some(Message::Tensor),
@@ -117,7 +144,13 @@ fn walk<R: Read + Seek>(reader: &mut R, len: u64, message: Message, out: &mut Fo
         left = left.checked_sub(tag_len).ok_or(Malformed)?;
         let (field, wire) = (tag >> 3, tag & 7);
         let body = match wire {
-            0 => varint(reader)?.1,
+            0 => {
+                let (value, len) = varint(reader)?;
+                if let (Message::Initializer, 2) = (message, field) {
+                    *out.weight_types.entry(value).or_default() += 1;
+                }
+                len
+            }
             1 => skip(reader, 8)?,
             5 => skip(reader, 4)?,
             2 => {
@@ -126,13 +159,13 @@ fn walk<R: Read + Seek>(reader: &mut R, len: u64, message: Message, out: &mut Fo
                 if size > left {
                     return Err(Malformed);
                 }
-                if let (Message::Tensor, 13) = (message, field) {
+                if let (Message::Tensor | Message::Initializer, 13) = (message, field) {
                     if let Some(location) = entry_location(reader, size)? {
                         out.locations.push(location);
                     }
                 } else if let (Message::InputInfo, 1) = (message, field) {
                     out.inputs.push(read_string(reader, size)?);
-                } else if let (Message::Tensor, 8) = (message, field) {
+                } else if let (Message::Tensor | Message::Initializer, 8) = (message, field) {
                     // Only a top-level initializer's name matters, but any tensor name is harmless to keep.
                     out.initializers.push(read_string(reader, size)?);
                 } else if let Some(child) = message.child(field) {
@@ -218,7 +251,7 @@ mod tests {
     /// A model whose one initializer keeps its data in `location`, and has a raw_data field to skip.
     fn model(location: &str) -> Vec<u8> {
         let entry = [field(1, b"location"), field(2, location.as_bytes())].concat();
-        let tensor = [field(8, b"w"), field(9, &[0u8; 40]), field(13, &entry), vec![14 << 3, 1]].concat();
+        let tensor = [vec![2 << 3, 10], field(8, b"w"), field(9, &[0u8; 40]), field(13, &entry), vec![14 << 3, 1]].concat();
         let input = |name: &[u8]| field(11, &field(1, name));
         let graph = [field(2, b"g"), field(5, &tensor), input(b"input_ids"), input(b"w")].concat();
         [vec![1 << 3, 8], field(7, &graph)].concat()
@@ -236,6 +269,7 @@ mod tests {
         assert_eq!(found.external_data, vec![dir.path().join("model.onnx_data")]);
         // `w` is an initializer listed among the inputs (old IR versions do that): not a run-time input.
         assert_eq!(found.inputs, vec!["input_ids".to_owned()]);
+        assert_eq!(found.weights, Some("fp16"), "data_type 10");
     }
 
     #[test]

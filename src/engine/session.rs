@@ -26,6 +26,7 @@ pub struct OrtEngine {
     model: ModelInfo,
     tokenizer: SharedTokenizer,
     active_ep: EpKind,
+    precision: &'static str,
     feeds: Feeds,
     output: Output,
 }
@@ -115,11 +116,13 @@ impl OrtEngine {
         let (session, active_ep) = build_session(env, &model, device)?;
         let feeds = feeds(&session, &model.onnx_path)?;
         let output = output(&session, &model)?;
+        let precision = precision(&model, active_ep, device);
         let mut engine = OrtEngine {
             session,
             model,
             tokenizer,
             active_ep,
+            precision,
             feeds,
             output,
         };
@@ -216,6 +219,18 @@ impl OrtEngine {
             inputs.push((Cow::Borrowed("position_ids"), tensor(positions)?));
         }
         Ok(inputs)
+    }
+}
+
+/// The precision a session computes in: on TensorRT, what its builder flags (and an FP8 Q/DQ graph) make it;
+/// elsewhere, the element type most of the graph's weights are stored in.
+fn precision(model: &ModelInfo, ep: EpKind, device: &DeviceConfig) -> &'static str {
+    let weights = model.weights_precision.unwrap_or("fp32");
+    match ep {
+        EpKind::Tensorrt if device.tensorrt.int8 => "int8",
+        EpKind::Tensorrt if weights == "fp8" => "fp8",
+        EpKind::Tensorrt if device.tensorrt.fp16 => "fp16",
+        _ => weights,
     }
 }
 
@@ -349,6 +364,10 @@ impl Embedder for OrtEngine {
 
     fn active_ep(&self) -> EpKind {
         self.active_ep
+    }
+
+    fn precision(&self) -> &str {
+        self.precision
     }
 
     fn run(&mut self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {

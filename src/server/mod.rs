@@ -197,6 +197,10 @@ async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<Conne
             ErrorCode::PermissionDenied,
             format!("uid {uid:?} gid {gid:?} may not use this daemon"),
         );
+        // Counted before the reply goes out, so that a client that saw the refusal finds it in `status`.
+        handle
+            .state
+            .record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::PermissionDenied));
         let mut stream = stream;
         let _ = tokio::time::timeout(Duration::from_secs(1), write_frame(&mut stream, &encode(&reply))).await;
         // Let the client finish sending its first request before closing, so that it reads the refusal instead of
@@ -212,9 +216,6 @@ async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<Conne
             }
         })
         .await;
-        handle
-            .state
-            .record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::PermissionDenied));
         return;
     }
     connection::run(stream, handle, policy, close).await;

@@ -635,8 +635,9 @@ async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
     let daemon = Daemon::start("[batcher]\nstuck_timeout_ms = 500\n");
     let mut stuck = daemon.client().await;
     let started = tokio::time::Instant::now();
+    // The stuck batch lasts 12 s: long enough for the replacement to warm up first on a slow machine.
     let (code, message) = server_code(
-        within(30, stuck.embed(&["\0akidb-fault:hang:4000"], &EmbedParams::default()))
+        within(30, stuck.embed(&["\0akidb-fault:hang:12000"], &EmbedParams::default()))
             .await
             .unwrap_err(),
     );
@@ -653,13 +654,14 @@ async fn a_device_stuck_in_a_batch_is_detected_errored_and_replaced() {
         .unwrap();
     assert_eq!(served.embeddings[0].len(), 384);
     assert!(
-        started.elapsed() < Duration::from_millis(3900),
-        "served before the stuck batch returned"
+        started.elapsed() < Duration::from_millis(11_900),
+        "served before the stuck batch returned ({:?})",
+        started.elapsed()
     );
     let status = client.status().await.unwrap();
     assert_eq!(status.devices[0].restarts, 1);
     // The stuck batch returning later changes nothing.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep_until(started + Duration::from_millis(12_500)).await;
     within(20, client.embed(&["still fine"], &EmbedParams::default())).await.unwrap();
     assert_eq!(client.health().await.unwrap(), "ready");
 }

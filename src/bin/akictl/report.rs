@@ -23,16 +23,16 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<4}{:<10}{:<10}{:<11}{:>9}{:>12}{:>14}",
-        "DEV", "KIND", "EP", "STATE", "RESTARTS", "BATCHES", "INPUTS"
+        "{:<4}{:<10}{:<15}{:<11}{:>9}{:>10}{:>12}",
+        "DEV", "KIND", "EP/PRECISION", "STATE", "RESTARTS", "BATCHES", "INPUTS"
     );
     for device in &status.devices {
         let _ = writeln!(
             out,
-            "{:<4}{:<10}{:<10}{:<11}{:>9}{:>12}{:>14}",
+            "{:<4}{:<10}{:<15}{:<11}{:>9}{:>10}{:>12}",
             device.index,
             clip(&device.kind, 9),
-            clip(if device.ep.is_empty() { "-" } else { &device.ep }, 9),
+            clip(&ep_precision(device), 14),
             clip(&device.state, 10),
             device.restarts,
             device.batches,
@@ -115,6 +115,15 @@ fn sensor_line(sensors: &SensorStatus) -> String {
         return format!("sensors unknown: {}", sensors.unknown.as_deref().unwrap_or("no reading"));
     }
     format!("{} [{}]", parts.join("  "), sensors.source)
+}
+
+/// "tensorrt/fp16": the provider in use and its precision ("-" before the session is built).
+fn ep_precision(device: &akidb::protocol::message::DeviceStatus) -> String {
+    match (device.ep.as_str(), &device.precision) {
+        ("", _) => "-".to_owned(),
+        (ep, Some(precision)) => format!("{ep}/{precision}"),
+        (ep, None) => ep.to_owned(),
+    }
 }
 
 fn clip(text: &str, width: usize) -> String {

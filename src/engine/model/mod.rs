@@ -35,6 +35,8 @@ pub struct ModelInfo {
     pub external_data: Vec<PathBuf>,
     /// The graph's run-time inputs as the file names them (empty when the file could not be read ahead).
     pub graph_inputs: Vec<String>,
+    /// The precision most of its weights are stored in ("fp32", "fp16", "bf16", "fp8", "int8"), if known.
+    pub weights_precision: Option<&'static str>,
     /// The tokenizer file.
     pub tokenizer_path: PathBuf,
     /// Truncation length in tokens, special tokens and prompt included.
@@ -110,6 +112,7 @@ impl ModelInfo {
             onnx_path,
             external_data: graph.external_data,
             graph_inputs: graph.inputs,
+            weights_precision: graph.weights,
             tokenizer_path,
             max_tokens,
             max_tokens_uncapped,

@@ -112,5 +112,8 @@ fn main() {
         "http_added_p99_ms": percentile(&http_ms, 0.99) - percentile(&socket_ms, 0.99),
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
-    let _ = std::fs::write(repo().join("target/bench-http.json"), serde_json::to_string_pretty(&report).unwrap());
+    let _ = std::fs::write(
+        repo().join("target/bench-http.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    );
 }

@@ -168,6 +168,7 @@ fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, (String,
                 .try_send();
         }
     }
+    engine.commit_engine_cache();
     tracing::info!(device = args.index, ep = %engine.active_ep(), warmup_ms = started.elapsed().as_millis() as u64, "inference device ready");
     Ok(Box::new(engine))
 }

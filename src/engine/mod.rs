@@ -13,6 +13,7 @@ pub(crate) mod onnx_file;
 pub mod pooling;
 pub(crate) mod session;
 pub(crate) mod tokenizer;
+pub(crate) mod trt_cache;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -251,7 +251,14 @@ mod tests {
     /// A model whose one initializer keeps its data in `location`, and has a raw_data field to skip.
     fn model(location: &str) -> Vec<u8> {
         let entry = [field(1, b"location"), field(2, location.as_bytes())].concat();
-        let tensor = [vec![2 << 3, 10], field(8, b"w"), field(9, &[0u8; 40]), field(13, &entry), vec![14 << 3, 1]].concat();
+        let tensor = [
+            vec![2 << 3, 10],
+            field(8, b"w"),
+            field(9, &[0u8; 40]),
+            field(13, &entry),
+            vec![14 << 3, 1],
+        ]
+        .concat();
         let input = |name: &[u8]| field(11, &field(1, name));
         let graph = [field(2, b"g"), field(5, &tensor), input(b"input_ids"), input(b"w")].concat();
         [vec![1 << 3, 8], field(7, &graph)].concat()

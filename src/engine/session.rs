@@ -10,10 +10,11 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType};
 
-use super::ep::{self, ProfileInputs, TrtCache};
+use super::ep;
 use super::model::{model_error, ModelInfo};
 use super::pooling;
 use super::tokenizer::{Encoded, TextTokenizer};
+use super::trt_cache::{self, BuildHost, CacheKey, CachePlan, TrtCache};
 use super::{check_dimensions, finish_vector, EmbedOptions, EmbedOutput, Embedder, EngineError, SharedTokenizer};
 use crate::config::{DeviceConfig, EpKind, OrtConfig};
 
@@ -27,6 +28,8 @@ pub struct OrtEngine {
     tokenizer: SharedTokenizer,
     active_ep: EpKind,
     precision: &'static str,
+    /// A TensorRT engine built into a staging directory, to move into place once the device is warm.
+    pending_cache: Option<(PathBuf, PathBuf)>,
     feeds: Feeds,
     output: Output,
 }
@@ -113,7 +116,7 @@ impl OrtEngine {
     /// the graph against the model directory with one probe run. Everything wrong with the model itself (inputs it
     /// cannot be fed, outputs it cannot read, a probe that fails) is an [`EngineError::Model`].
     pub fn load(env: &Environment, model: ModelInfo, tokenizer: SharedTokenizer, device: &DeviceConfig) -> Result<OrtEngine, EngineError> {
-        let (session, active_ep) = build_session(env, &model, device)?;
+        let (Built { session, pending_cache }, active_ep) = build_session(env, &model, device)?;
         let feeds = feeds(&session, &model.onnx_path)?;
         let output = output(&session, &model)?;
         let precision = precision(&model, active_ep, device);
@@ -123,11 +126,23 @@ impl OrtEngine {
             tokenizer,
             active_ep,
             precision,
+            pending_cache,
             feeds,
             output,
         };
         engine.probe()?;
         Ok(engine)
+    }
+
+    /// Moves a TensorRT engine built at load into the cache under its key, now that every warm-up shape has run
+    /// (a power loss before this leaves only a staging directory, removed at the next start).
+    pub fn commit_engine_cache(&mut self) {
+        if let Some((staging, dir)) = self.pending_cache.take() {
+            match trt_cache::commit(&staging, &dir) {
+                Ok(()) => tracing::info!(cache = %dir.display(), "TensorRT engines cached"),
+                Err(reason) => tracing::warn!(%reason, "TensorRT engines not cached"),
+            }
+        }
     }
 
     /// The tokenizer this engine's inputs must come from.
@@ -410,16 +425,16 @@ impl Embedder for OrtEngine {
 }
 
 /// Tries the device's providers in order and returns the first session that builds, with its provider.
-fn build_session(env: &Environment, model: &ModelInfo, device: &DeviceConfig) -> Result<(Session, EpKind), EngineError> {
+fn build_session(env: &Environment, model: &ModelInfo, device: &DeviceConfig) -> Result<(Built, EpKind), EngineError> {
     let chain = device.ep_chain();
     let mut failures = Vec::new();
     for (position, kind) in chain.iter().copied().enumerate() {
         match try_build(env, model, device, kind) {
-            Ok(session) => {
+            Ok(built) => {
                 if position > 0 {
                     tracing::warn!(asked = %device.ep, using = %kind, failures = %failures.join("; "), "execution provider fell back");
                 }
-                return Ok((session, kind));
+                return Ok((built, kind));
             }
             Err(BuildError::Model(message)) => return Err(model_error(&model.onnx_path, &message)),
             Err(BuildError::Provider(message)) => {
@@ -445,20 +460,99 @@ enum BuildError {
     Model(String),
 }
 
-fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: EpKind) -> Result<Session, BuildError> {
+/// A session that built, and the engine-cache directory still to be moved into place once it is warm.
+struct Built {
+    session: Session,
+    pending_cache: Option<(PathBuf, PathBuf)>,
+}
+
+fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: EpKind) -> Result<Built, BuildError> {
+    if kind != EpKind::Tensorrt {
+        let session = build_with(env, model, device, kind, None)?;
+        return Ok(Built {
+            session,
+            pending_cache: None,
+        });
+    }
+    let cache = prepare_trt_cache(model, device).map_err(BuildError::Provider)?;
+    // At most two tries: a cached engine that cannot be loaded is moved aside and built anew, once.
+    for attempt in 0..2 {
+        let plan = trt_cache::plan(&cache.dir);
+        let dir = match &plan {
+            CachePlan::Use(dir) => Some(dir.as_path()),
+            CachePlan::Build { staging, .. } => Some(staging.as_path()),
+            CachePlan::NoCache(reason) => {
+                tracing::warn!(%reason, "TensorRT engines will not be cached (built at every start)");
+                None
+            }
+        };
+        match build_with(env, model, device, kind, Some((&cache, dir))) {
+            Ok(session) => {
+                let pending_cache = match plan {
+                    CachePlan::Build { staging, dir } => Some((staging, dir)),
+                    _ => None,
+                };
+                return Ok(Built { session, pending_cache });
+            }
+            Err(err) => match plan {
+                CachePlan::Build { staging, .. } => {
+                    trt_cache::abandon(&staging);
+                    return Err(err);
+                }
+                CachePlan::Use(dir) if attempt == 0 && matches!(err, BuildError::Provider(_)) && provider_registers(env, device) => {
+                    match trt_cache::quarantine(&dir) {
+                        Ok(aside) => tracing::warn!(
+                            cache = %dir.display(), moved_to = %aside.display(), error = %error_text(&err),
+                            "a cached TensorRT engine could not be loaded; moved aside, building it again"
+                        ),
+                        Err(reason) => {
+                            tracing::warn!(%reason, "a cached TensorRT engine could not be loaded nor moved aside");
+                            return Err(err);
+                        }
+                    }
+                }
+                _ => return Err(err),
+            },
+        }
+    }
+    Err(BuildError::Provider(
+        "the TensorRT engine could not be built after its cache was reset".into(),
+    ))
+}
+
+fn error_text(err: &BuildError) -> &str {
+    match err {
+        BuildError::Provider(message) | BuildError::Model(message) => message,
+    }
+}
+
+/// Whether the TensorRT provider itself registers (so that a failure to build lies with the cached engine).
+fn provider_registers(env: &Environment, device: &DeviceConfig) -> bool {
+    Session::builder(env)
+        .ok()
+        .map(|builder| {
+            builder
+                .with_execution_providers([ep::dispatch(EpKind::Tensorrt, device, None)])
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+fn build_with(
+    env: &Environment,
+    model: &ModelInfo,
+    device: &DeviceConfig,
+    kind: EpKind,
+    trt: Option<(&TrtCache, Option<&Path>)>,
+) -> Result<Session, BuildError> {
     let provider = |e: ort::Error<ort::session::builder::SessionBuilder>| BuildError::Provider(e.to_string());
     let mut builder = Session::builder(env).map_err(|e| BuildError::Provider(e.to_string()))?;
     if device.intra_threads > 0 {
         builder = builder.with_intra_threads(device.intra_threads).map_err(provider)?;
     }
     builder = builder.with_intra_op_spinning(device.spin).map_err(provider)?;
-    let trt_cache = if kind == EpKind::Tensorrt {
-        Some(prepare_trt_cache(model, device).map_err(BuildError::Provider)?)
-    } else {
-        None
-    };
     builder = builder
-        .with_execution_providers([ep::dispatch(kind, device, trt_cache.as_ref())])
+        .with_execution_providers([ep::dispatch(kind, device, trt)])
         .map_err(provider)?;
     if device.disable_cpu_fallback && kind != EpKind::Cpu {
         builder = builder.with_disable_cpu_fallback().map_err(provider)?;
@@ -474,6 +568,7 @@ fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: 
     })
 }
 
+/// The cache directory and profile of this model on this device (see `trt_cache` for what keys it).
 fn prepare_trt_cache(model: &ModelInfo, device: &DeviceConfig) -> Result<TrtCache, String> {
     let root = device.tensorrt.engine_cache_dir.clone().unwrap_or_else(ep::default_trt_cache_root);
     // The graph and every external data file: new weights beside an unchanged graph need a new engine.
@@ -481,27 +576,29 @@ fn prepare_trt_cache(model: &ModelInfo, device: &DeviceConfig) -> Result<TrtCach
     for file in std::iter::once(&model.onnx_path).chain(&model.external_data) {
         weights.push_str(&ep::file_sha256(file).map_err(|e| format!("cannot hash {}: {e}", file.display()))?);
     }
-    let model_sha = ep::sha256_hex(weights.as_bytes());
+    let weights_sha = ep::sha256_hex(weights.as_bytes());
     // The profile names exactly the graph's inputs (a name the graph lacks fails the TensorRT build).
-    let names: Vec<String> = if model.graph_inputs.is_empty() {
+    let inputs: Vec<String> = if model.graph_inputs.is_empty() {
         ["input_ids", "attention_mask"].map(String::from).to_vec()
     } else {
         model.graph_inputs.clone()
     };
-    let inputs = ProfileInputs {
-        names: &names,
+    let library = ENVIRONMENT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .as_ref()
+        .map(|(path, _)| path.clone());
+    let host = BuildHost::probe(device.device_id, library.as_deref());
+    tracing::info!(?host, "TensorRT engine cache key");
+    let key = CacheKey {
+        weights_sha: &weights_sha,
+        ort: &ort_version(),
+        host: &host,
+        trt: &device.tensorrt,
+        inputs: &inputs,
         max_tokens: model.max_tokens,
     };
-    let cache = ep::trt_cache(
-        &root,
-        &model_sha,
-        &ort_version(),
-        &ep::gpu_name(device.device_id),
-        &device.tensorrt,
-        &inputs,
-    );
-    std::fs::create_dir_all(&cache.dir).map_err(|e| format!("cannot create TensorRT cache {}: {e}", cache.dir.display()))?;
-    Ok(cache)
+    Ok(key.cache(&root))
 }
 
 /// Loads model, tokenizer and session in one call (tests, benchmarks, `akidbd` at start).

@@ -12,5 +12,6 @@ mod hostile;
 mod http;
 mod python;
 mod systemd;
+mod tensorrt;
 mod thermal;
 mod util;

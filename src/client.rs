@@ -70,6 +70,10 @@ pub struct EmbedParams {
     pub prompt_name: Option<String>,
     /// A literal prompt put before every text (exclusive with `prompt_name`).
     pub prompt: Option<String>,
+    /// The model, by name (None: the daemon's default model).
+    pub model: Option<String>,
+    /// Some(false) bypasses the embedding cache.
+    pub cache: Option<bool>,
 }
 
 /// The result of `embed`.
@@ -246,6 +250,8 @@ pub fn embed_request<S: AsRef<str>>(texts: &[S], params: &EmbedParams) -> RawReq
         encoding: params.array_encoding.then_some(Encoding::Array),
         prompt_name: params.prompt_name.clone(),
         prompt: params.prompt.clone(),
+        model: params.model.clone(),
+        cache: params.cache,
         ..RawRequest::default()
     }
 }

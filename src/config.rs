@@ -64,6 +64,8 @@ pub const DEFAULT_SOFT_C: f64 = 80.0;
 pub const DEFAULT_HARD_C: f64 = 90.0;
 /// Default hysteresis, °C.
 pub const DEFAULT_HYSTERESIS_C: f64 = 5.0;
+/// Default byte budget of the embedding cache: 32 MiB, about 20,000 vectors of 384 floats or 7,000 of 1024.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// Default largest HTTP request body (bytes).
 pub const DEFAULT_HTTP_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Default TensorRT builder optimisation level.
@@ -87,6 +89,16 @@ pub struct Config {
     pub monitor: MonitorConfig,
     /// The OpenAI-compatible HTTP surface (off unless `listen` is set).
     pub http: HttpConfig,
+    /// The embedding cache.
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: vectors of recent inputs, answered without inference.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Byte budget (keys, vectors, bookkeeping); 0 turns the cache off.
+    pub max_bytes: u64,
 }
 
 /// `[http]`: OpenAI-compatible embeddings, health and Prometheus metrics over HTTP/1.1. Off by default; requests
@@ -656,6 +668,14 @@ impl Default for ServerConfig {
             allowed_gids: Vec::new(),
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             io_threads: 0,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }

@@ -71,7 +71,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     };
     let devices = config.effective_devices();
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
-    let state = Arc::new(DaemonState::new(model.clone(), &kinds));
+    let cache = Arc::new(crate::cache::EmbedCache::new(config.cache.max_bytes, model.dim));
+    let state = Arc::new(DaemonState::new(model.clone(), &kinds, cache));
     tracing::info!(socket = %socket.display(), model = %model.name, dim = model.dim, devices = ?kinds, ort = %engine::ort_version(), "akidbd starting");
     systemd::status(&format!("warming up {} device(s)", devices.len()));
 

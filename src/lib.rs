@@ -7,6 +7,7 @@
 //! - [`client`]: the async client that `akictl`, the tests and the benchmarks use.
 //! - [`monitor`]: device sensors (NVML, sysfs) and the thermal policy.
 //! - `actors`: the supervisor, inference actors, batcher and monitor (kameo).
+//! - `cache`: the embedding cache that answers repeated inputs at the door of the actors.
 //! - `server`: the Unix socket, connections and shutdown.
 //! - `telemetry`, `systemd`: logging and service-manager notifications.
 //! - `memory`: giving freed memory back to the system when warm and when idle.
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod protocol;
 
 pub(crate) mod actors;
+pub(crate) mod cache;
 pub mod client;
 pub mod daemon;
 pub(crate) mod memory;

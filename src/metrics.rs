@@ -62,6 +62,27 @@ pub fn prometheus_text(status: &StatusBody) -> String {
     gauge(&mut registry, "padding_ratio", "Padded tokens per real token", status.padding_ratio);
     gauge(&mut registry, "mean_batch_size", "Mean inputs per batch", status.mean_batch_size);
     register_devices(&mut registry, status);
+    let cache = &status.cache;
+    counter(&mut registry, "cache_hits", "Inputs answered from the embedding cache", cache.hits);
+    counter(
+        &mut registry,
+        "cache_misses",
+        "Inputs looked up in the embedding cache and computed",
+        cache.misses,
+    );
+    counter(
+        &mut registry,
+        "cache_evictions",
+        "Embedding cache entries evicted to make room",
+        cache.evictions,
+    );
+    gauge(
+        &mut registry,
+        "cache_entries",
+        "Vectors in the embedding cache",
+        cache.entries as f64,
+    );
+    gauge(&mut registry, "cache_bytes", "Bytes the embedding cache holds", cache.bytes as f64);
     let thermal = match status.thermal.state.as_str() {
         "hard" => 2.0,
         "soft" => 1.0,

@@ -21,6 +21,7 @@ use kameo::actor::ActorRef;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use crate::cache::{CacheKey, Cached, EmbedCache};
 use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, SharedTokenizer};
 use crate::protocol::Priority;
 pub(crate) use state::{DaemonState, Phase};
@@ -36,6 +37,10 @@ pub(crate) struct EmbedJob {
     /// The request's `prompt_name` and literal `prompt` (resolved against the model when served).
     pub prompt_name: Option<String>,
     pub prompt: Option<String>,
+    /// The model asked for by name (None: the default model).
+    pub model: Option<String>,
+    /// Whether the embedding cache may answer and store this request.
+    pub use_cache: bool,
     pub options: EmbedOptions,
     pub priority: Priority,
     pub deadline: Option<Instant>,
@@ -70,6 +75,8 @@ pub(crate) enum ServeError {
     #[error("{0}")]
     BadPrompt(String),
     #[error("{0}")]
+    UnknownModel(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -82,6 +89,8 @@ pub(crate) struct Pending {
     received: Instant,
     options: EmbedOptions,
     model: Arc<crate::engine::ModelInfo>,
+    /// Where computed vectors are stored, with the key of each input that missed (None: not to be stored).
+    cache: Option<(Arc<EmbedCache>, Vec<Option<CacheKey>>)>,
     inner: Mutex<PendingInner>,
 }
 
@@ -89,6 +98,8 @@ pub(crate) struct Pending {
 struct PendingInner {
     reply: Option<oneshot::Sender<Reply>>,
     results: Vec<Option<Vec<f32>>>,
+    /// Tokens and whether it was cut, per input (for the cache).
+    inputs: Vec<(usize, bool)>,
     remaining: usize,
     tokens: usize,
     truncated: Vec<usize>,
@@ -143,10 +154,38 @@ impl DaemonHandle {
         if let Some(err) = self.refusal(job.priority, job.deadline) {
             return Err(err);
         }
+        self.check_model(job.model.as_deref())?;
         check_dimensions(&job.options, &self.model).map_err(engine_to_serve)?;
-        let encoded = self.tokenize(&job).await?;
+        let prompt = self
+            .model
+            .resolve_prompt(job.prompt_name.as_deref(), job.prompt.as_deref())
+            .map_err(engine_to_serve)?;
+        // The cache answers what it has; only the inputs it misses are tokenized and queued.
+        let cache = &self.state.cache;
+        let keys: Vec<Option<CacheKey>> = job
+            .inputs
+            .iter()
+            .map(|text| (job.use_cache && cache.enabled()).then(|| EmbedCache::key(&self.model.name, prompt, job.options.truncate, text)))
+            .collect();
+        let hits: Vec<Option<Arc<Cached>>> = keys
+            .iter()
+            .map(|key| key.as_ref().and_then(|key| cache.get(&self.model.name, key)))
+            .collect();
+        let misses: Vec<usize> = (0..job.inputs.len()).filter(|&i| hits[i].is_none()).collect();
+        if misses.is_empty() {
+            return Ok(self.answer_from_cache(&job, &hits));
+        }
+        let texts: Vec<String> = misses.iter().map(|&i| job.inputs[i].clone()).collect();
+        let encoded = self.tokenize(texts, prompt, job.options.truncate).await.map_err(|err| match err {
+            // Name the input by its index in the request, not among the misses.
+            ServeError::InputTooLong { index, max_tokens } => ServeError::InputTooLong {
+                index: misses[index],
+                max_tokens,
+            },
+            other => other,
+        })?;
         let (sender, receiver) = oneshot::channel();
-        let items = self.items(&job, encoded, sender);
+        let items = self.items(&job, &misses, encoded, &hits, keys, sender);
         let n_items = items.len();
         if let Err(err) = self
             .batcher
@@ -175,6 +214,33 @@ impl DaemonHandle {
         outcome.unwrap_or_else(|_| Err(ServeError::Internal("the request was lost inside the daemon".into())))
     }
 
+    /// A request every input of which was in the cache: answered here, without the batcher.
+    fn answer_from_cache(&self, job: &EmbedJob, hits: &[Option<Arc<Cached>>]) -> EmbedDone {
+        let cached: Vec<&Cached> = hits.iter().flatten().map(Arc::as_ref).collect();
+        EmbedDone {
+            embeddings: cached
+                .iter()
+                .map(|c| finish_vector(c.vector.to_vec(), &job.options, &self.model))
+                .collect(),
+            tokens: cached.iter().map(|c| c.tokens).sum(),
+            truncated: cached.iter().enumerate().filter(|(_, c)| c.truncated).map(|(i, _)| i).collect(),
+            queue_us: 0,
+            inference_us: 0,
+        }
+    }
+
+    /// `unknown_model` unless `asked` is the model this daemon serves (or absent).
+    fn check_model(&self, asked: Option<&str>) -> Result<(), ServeError> {
+        match asked {
+            Some(name) if name != self.model.name => Err(ServeError::UnknownModel(format!(
+                "unknown model {:?} (this daemon serves: {})",
+                name.chars().take(64).collect::<String>(),
+                self.model.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Why an embed request of this class and deadline would be refused before any work is done on it: the
     /// daemon is still starting, or (under overload) the work queued ahead already reaches past its deadline.
     /// Cheap, so that the server can answer such requests without starting a task for them.
@@ -188,48 +254,66 @@ impl DaemonHandle {
         late.then_some(ServeError::DeadlineExceeded)
     }
 
-    async fn tokenize(&self, job: &EmbedJob) -> Result<Vec<Encoded>, ServeError> {
-        let prompt = self
-            .model
-            .resolve_prompt(job.prompt_name.as_deref(), job.prompt.as_deref())
-            .map_err(engine_to_serve)?;
-        let total_bytes: usize = job.inputs.iter().map(String::len).sum::<usize>() + prompt.map_or(0, str::len) * job.inputs.len();
-        let truncate = job.options.truncate;
+    async fn tokenize(&self, texts: Vec<String>, prompt: Option<&str>, truncate: bool) -> Result<Vec<Encoded>, ServeError> {
+        let total_bytes: usize = texts.iter().map(String::len).sum::<usize>() + prompt.map_or(0, str::len) * texts.len();
         let result = if total_bytes <= INLINE_TOKENIZE_BYTES {
-            self.tokenizer.encode_all(&job.inputs, prompt, truncate)
+            self.tokenizer.encode_all(&texts, prompt, truncate)
         } else {
             let tokenizer = self.tokenizer.clone();
-            let inputs = job.inputs.clone();
             let prompt = prompt.map(str::to_owned);
-            tokio::task::spawn_blocking(move || tokenizer.encode_all(&inputs, prompt.as_deref(), truncate))
+            tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, prompt.as_deref(), truncate))
                 .await
                 .map_err(|e| ServeError::Internal(format!("tokenizer task failed: {e}")))?
         };
         result.map_err(engine_to_serve)
     }
 
-    fn items(&self, job: &EmbedJob, encoded: Vec<Encoded>, sender: oneshot::Sender<Reply>) -> Vec<Item> {
-        let n = encoded.len();
+    /// The items of the inputs that missed the cache (`misses`: their indices in the request, in order), with the
+    /// cache's answers for the others already in place.
+    fn items(
+        &self,
+        job: &EmbedJob,
+        misses: &[usize],
+        encoded: Vec<Encoded>,
+        hits: &[Option<Arc<Cached>>],
+        keys: Vec<Option<CacheKey>>,
+        sender: oneshot::Sender<Reply>,
+    ) -> Vec<Item> {
+        let n = job.inputs.len();
+        let mut results = vec![None; n];
+        let mut inputs = vec![(0, false); n];
+        for (index, hit) in hits.iter().enumerate() {
+            if let Some(hit) = hit {
+                results[index] = Some(finish_vector(hit.vector.to_vec(), &job.options, &self.model));
+                inputs[index] = (hit.tokens, hit.truncated);
+            }
+        }
+        for (&index, encoded) in misses.iter().zip(&encoded) {
+            inputs[index] = (encoded.ids.len(), encoded.truncated);
+        }
+        let store = keys.iter().any(Option::is_some).then(|| (self.state.cache.clone(), keys));
         let pending = Arc::new(Pending {
             deadline: job.deadline,
             received: job.received,
             options: job.options,
             model: self.model.clone(),
+            cache: store,
             inner: Mutex::new(PendingInner {
                 reply: Some(sender),
-                results: vec![None; n],
-                remaining: n,
-                tokens: encoded.iter().map(|e| e.ids.len()).sum(),
-                truncated: encoded.iter().enumerate().filter(|(_, e)| e.truncated).map(|(i, _)| i).collect(),
+                results,
+                remaining: misses.len(),
+                tokens: inputs.iter().map(|(tokens, _)| tokens).sum(),
+                truncated: inputs.iter().enumerate().filter(|(_, (_, cut))| *cut).map(|(i, _)| i).collect(),
+                inputs,
                 first_start: None,
                 inference_us: 0,
                 batches_counted: Vec::new(),
             }),
         });
-        encoded
-            .into_iter()
-            .enumerate()
-            .map(|(index, encoded)| Item {
+        misses
+            .iter()
+            .zip(encoded)
+            .map(|(&index, encoded)| Item {
                 pending: pending.clone(),
                 index,
                 encoded,
@@ -275,6 +359,19 @@ impl Pending {
             return false;
         }
         if inner.results[index].is_none() {
+            if let Some((cache, keys)) = &self.cache {
+                if let Some(key) = keys[index] {
+                    let (tokens, truncated) = inner.inputs[index];
+                    cache.insert(
+                        key,
+                        Cached {
+                            vector: vector.clone().into_boxed_slice(),
+                            tokens,
+                            truncated,
+                        },
+                    );
+                }
+            }
             inner.results[index] = Some(finish_vector(vector, &self.options, &self.model));
             inner.remaining -= 1;
         }

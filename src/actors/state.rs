@@ -84,6 +84,8 @@ pub(crate) struct DaemonState {
     errors: Mutex<BTreeMap<ErrorCode, u64>>,
     pub thermal: Mutex<ThermalStatus>,
     windows: Mutex<[VecDeque<Sample>; 3]>,
+    /// The embedding cache, consulted where requests enter the actors.
+    pub cache: std::sync::Arc<crate::cache::EmbedCache>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +98,7 @@ struct Sample {
 // === impl DaemonState ===
 
 impl DaemonState {
-    pub fn new(model: ModelInfo, device_kinds: &[String]) -> DaemonState {
+    pub fn new(model: ModelInfo, device_kinds: &[String], cache: std::sync::Arc<crate::cache::EmbedCache>) -> DaemonState {
         let devices = device_kinds
             .iter()
             .enumerate()
@@ -114,6 +116,7 @@ impl DaemonState {
             })
             .collect();
         DaemonState {
+            cache,
             started: Instant::now(),
             phase: AtomicU8::new(Phase::Starting as u8),
             model,
@@ -245,6 +248,7 @@ impl DaemonState {
             padding_ratio: ratio(&self.padded_tokens, &self.real_tokens),
             throughput,
             thermal: lock(&self.thermal).clone(),
+            cache: self.cache.stats(),
         }
     }
 
@@ -382,7 +386,8 @@ mod tests {
             default_prompt_name: None,
             head_modules: Vec::new(),
         };
-        let state = DaemonState::new(model, &["cpu".to_owned()]);
+        let cache = std::sync::Arc::new(crate::cache::EmbedCache::new(0, 4));
+        let state = DaemonState::new(model, &["cpu".to_owned()], cache);
         assert_eq!(state.health(), "starting");
         state.devices[0].set_state(DeviceState::Ready);
         state.set_phase(Phase::Ready);

@@ -221,6 +221,8 @@ fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
         inputs: embed.inputs,
         prompt_name: embed.prompt_name,
         prompt: embed.prompt,
+        model: embed.model,
+        use_cache: embed.cache,
     }
 }
 
@@ -279,6 +281,7 @@ pub(crate) fn error_code(err: &ServeError) -> ErrorCode {
         ServeError::Unavailable(_) => ErrorCode::Unavailable,
         ServeError::InputTooLong { .. } => ErrorCode::InputTooLong,
         ServeError::BadDimensions { .. } | ServeError::BadPrompt(_) => ErrorCode::InvalidRequest,
+        ServeError::UnknownModel(_) => ErrorCode::UnknownModel,
         ServeError::Internal(_) => ErrorCode::Internal,
     }
 }

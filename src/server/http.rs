@@ -73,6 +73,8 @@ struct EmbeddingsRequest {
     prompt: Option<String>,
     /// akidb: cut over-long inputs instead of answering 400 (OpenAI's behaviour, the default here).
     truncate: Option<bool>,
+    /// akidb: false bypasses the embedding cache.
+    cache: Option<bool>,
 }
 
 /// The `POST /v1/embeddings` reply (typed, so that vectors are written as the shortest f32 text).
@@ -236,6 +238,8 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         encoding: Encoding::F32,
         prompt_name: request.prompt_name,
         prompt: request.prompt,
+        model: None,
+        cache: request.cache.unwrap_or(true),
     };
     if let Some(err) = connection::refusal(&app.handle, &embed, received) {
         app.handle

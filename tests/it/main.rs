@@ -5,6 +5,7 @@
 //! `fault-injection` feature, which `make test` turns on.
 
 mod akictl;
+mod cache;
 mod daemon;
 mod decoder;
 mod engine;

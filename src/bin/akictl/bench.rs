@@ -60,6 +60,12 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Let the embedding cache answer repeated texts (off by default: the bench measures inference).
+    #[arg(long)]
+    pub cache: bool,
+    /// The model to load, by name (default: the daemon's default model).
+    #[arg(long)]
+    pub model: Option<String>,
 }
 
 /// What a bench run measured.
@@ -226,6 +232,8 @@ async fn connection(
             let params = EmbedParams {
                 priority: Some(class),
                 deadline_ms: args.deadline_ms,
+                cache: (!args.cache).then_some(false),
+                model: args.model.clone(),
                 ..EmbedParams::default()
             };
             let id = writer.send(embed_request(&batch, &params)).await?;

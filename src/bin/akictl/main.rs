@@ -67,6 +67,12 @@ enum Command {
         /// Put this literal prompt before every text ("" for none, overriding a default prompt).
         #[arg(long)]
         prompt: Option<String>,
+        /// The model, by name (default: the daemon's default model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Bypass the embedding cache.
+        #[arg(long)]
+        no_cache: bool,
         /// Texts per request when reading stdin.
         #[arg(long, default_value_t = 32)]
         batch: usize,
@@ -107,6 +113,8 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
             no_truncate,
             prompt_name,
             prompt,
+            model,
+            no_cache,
             batch,
         } => {
             let Some(priority) = Priority::parse(&priority) else {
@@ -120,6 +128,8 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
                 truncate: Some(!no_truncate),
                 prompt_name,
                 prompt,
+                model,
+                cache: no_cache.then_some(false),
                 ..EmbedParams::default()
             };
             embed(socket, texts, params, batch.max(1)).await

@@ -60,6 +60,7 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
             p.count, p.p50, p.p95, p.p99, p.max
         );
     }
+    let _ = writeln!(out, "{}", cache_line(&status.cache));
     let thermal = &status.thermal;
     let hottest = thermal.hottest_c.map_or("unknown".to_owned(), |t| format!("{t:.1} C"));
     let _ = writeln!(
@@ -115,6 +116,28 @@ fn sensor_line(sensors: &SensorStatus) -> String {
         return format!("sensors unknown: {}", sensors.unknown.as_deref().unwrap_or("no reading"));
     }
     format!("{} [{}]", parts.join("  "), sensors.source)
+}
+
+/// "cache  hit ratio 87.5% (7/8)  1,024 entries  1.6/32.0 MiB  0 evicted", or "cache  off".
+fn cache_line(cache: &akidb::protocol::message::CacheStats) -> String {
+    if !cache.enabled {
+        return "cache       off (cache.max_bytes = 0)".to_owned();
+    }
+    let looked = cache.hits + cache.misses;
+    let ratio = if looked == 0 {
+        "-".to_owned()
+    } else {
+        format!("{:.1}%", 100.0 * cache.hits as f64 / looked as f64)
+    };
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    format!(
+        "cache       hit ratio {ratio} ({}/{looked})  {} entries  {:.1}/{:.1} MiB  {} evicted",
+        cache.hits,
+        cache.entries,
+        mib(cache.bytes),
+        mib(cache.max_bytes),
+        cache.evictions
+    )
 }
 
 /// "tensorrt/fp16": the provider in use and its precision ("-" before the session is built).

@@ -36,6 +36,8 @@ pub enum ErrorCode {
     PermissionDenied,
     /// No inference device can serve (still starting, or every device failed).
     Unavailable,
+    /// `model` names a model this daemon does not serve (the message lists the ones it does).
+    UnknownModel,
     /// The daemon failed while serving the request (e.g. an inference device failed mid-batch).
     Internal,
     /// A code this client does not know (a newer daemon).
@@ -106,6 +108,12 @@ pub struct RawRequest {
     /// embed: a literal prefix to put before every input (exclusive with `prompt_name`; "" means no prompt).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prompt: Option<String>,
+    /// embed: the model to use, by name (default: the daemon's first model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// embed: false bypasses the embedding cache (no lookup, nothing stored); default true.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<bool>,
 }
 
 /// A checked request.
@@ -151,6 +159,10 @@ pub struct EmbedRequest {
     pub prompt_name: Option<String>,
     /// A literal prompt (exclusive with `prompt_name`; checked by the daemon, which names the known prompts).
     pub prompt: Option<String>,
+    /// The model asked for by name (checked by the daemon, which names the models it serves).
+    pub model: Option<String>,
+    /// Whether the embedding cache may answer (and store) this request.
+    pub cache: bool,
 }
 
 /// A request that cannot be served as sent; becomes an error reply.
@@ -322,9 +334,42 @@ pub struct StatusBody {
     pub padding_ratio: f64,
     /// Recent throughput.
     pub throughput: Throughput,
+    /// The embedding cache (absent from daemons older than it).
+    #[serde(default)]
+    pub cache: CacheStats,
     /// Thermal policy state.
     #[serde(default)]
     pub thermal: ThermalStatus,
+}
+
+/// `status.cache`: the embedding cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct CacheStats {
+    /// Whether it is on (`cache.max_bytes` > 0).
+    pub enabled: bool,
+    /// Its byte budget.
+    pub max_bytes: u64,
+    /// Bytes in use (keys, vectors and bookkeeping).
+    pub bytes: u64,
+    /// Vectors held.
+    pub entries: u64,
+    /// Inputs answered from the cache.
+    pub hits: u64,
+    /// Inputs looked up and not found (computed).
+    pub misses: u64,
+    /// Entries evicted to make room.
+    pub evictions: u64,
+    /// Hits and misses per model name.
+    pub per_model: BTreeMap<String, ModelCacheStats>,
+}
+
+/// `status.cache.per_model.<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelCacheStats {
+    /// Inputs answered from the cache.
+    pub hits: u64,
+    /// Inputs computed.
+    pub misses: u64,
 }
 
 /// `status.model`.
@@ -488,7 +533,7 @@ pub struct ErrorReply {
 
 impl ErrorCode {
     /// Every code a daemon sends.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::InvalidRequest,
         ErrorCode::UnsupportedVersion,
         ErrorCode::UnknownOp,
@@ -500,6 +545,7 @@ impl ErrorCode {
         ErrorCode::ShuttingDown,
         ErrorCode::PermissionDenied,
         ErrorCode::Unavailable,
+        ErrorCode::UnknownModel,
         ErrorCode::Internal,
     ];
 
@@ -517,6 +563,7 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::UnknownModel => "unknown_model",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -679,6 +726,8 @@ fn check_embed(id: u64, raw: RawRequest, max_inputs: usize) -> Result<EmbedReque
         encoding: raw.encoding.unwrap_or_default(),
         prompt_name: raw.prompt_name,
         prompt: raw.prompt,
+        model: raw.model,
+        cache: raw.cache.unwrap_or(true),
     })
 }
 

@@ -230,14 +230,15 @@ class Client:
     def submit(self, texts: Sequence[str], *, normalize: Optional[bool] = None, truncate: Optional[bool] = None,
                dimensions: Optional[int] = None, priority: Optional[str] = None,
                deadline_ms: Optional[int] = None, encoding: Optional[str] = None,
-               prompt_name: Optional[str] = None, prompt: Optional[str] = None) -> int:
+               prompt_name: Optional[str] = None, prompt: Optional[str] = None,
+               model: Optional[str] = None, cache: Optional[bool] = None) -> int:
         """Sends an ``embed`` request without waiting for it; returns its id for :meth:`result`.
 
         Options as for :meth:`embed`. Many requests may be in flight on one connection.
         """
         return self._send(embed_request(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
                                         priority=priority, deadline_ms=deadline_ms, encoding=encoding,
-                                        prompt_name=prompt_name, prompt=prompt))
+                                        prompt_name=prompt_name, prompt=prompt, model=model, cache=cache))
 
     def result_reply(self, request_id: int) -> Dict[str, Any]:
         """The whole reply to a request sent with :meth:`submit`, its ``embeddings`` decoded as by :meth:`result`.
@@ -260,7 +261,8 @@ class Client:
     def embed(self, texts: Sequence[str], *, normalize: Optional[bool] = None, truncate: Optional[bool] = None,
               dimensions: Optional[int] = None, priority: Optional[str] = None,
               deadline_ms: Optional[int] = None, encoding: Optional[str] = None,
-              prompt_name: Optional[str] = None, prompt: Optional[str] = None) -> Vectors:
+              prompt_name: Optional[str] = None, prompt: Optional[str] = None,
+              model: Optional[str] = None, cache: Optional[bool] = None) -> Vectors:
         """Embeds ``texts`` (a list of strings, at most ``info()["max_inputs"]``); returns one vector per text.
 
         - ``normalize``: L2-normalize (default: the model's setting, ``info()["normalize"]``).
@@ -273,12 +275,14 @@ class Client:
         - ``prompt_name``: one of the model's prompts (``info()["prompts"]``, e.g. ``"query"`` for
           Qwen3-Embedding) put before every text, as sentence-transformers' ``encode(prompt_name=...)`` does.
         - ``prompt``: a literal prompt instead (``""``: none, even where the model has a default prompt).
+        - ``model``: the model, by name (default: the daemon's default model); another name is ``unknown_model``.
+        - ``cache``: ``False`` bypasses the daemon's embedding cache (default: repeated texts come from it).
 
         Raises :class:`AkidbError` on an error reply.
         """
         return self.result(self.submit(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
                                        priority=priority, deadline_ms=deadline_ms, encoding=encoding,
-                                       prompt_name=prompt_name, prompt=prompt))
+                                       prompt_name=prompt_name, prompt=prompt, model=model, cache=cache))
 
     def health(self) -> str:
         """``"starting"``, ``"ready"``, ``"degraded"`` or ``"stopping"``."""

@@ -137,12 +137,13 @@ class AsyncClient:
                           truncate: Optional[bool] = None, dimensions: Optional[int] = None,
                           priority: Optional[str] = None, deadline_ms: Optional[int] = None,
                           encoding: Optional[str] = None, prompt_name: Optional[str] = None,
-                          prompt: Optional[str] = None) -> Dict[str, Any]:
+                          prompt: Optional[str] = None, model: Optional[str] = None,
+                          cache: Optional[bool] = None) -> Dict[str, Any]:
         """The whole ``embed`` reply (``model``, ``dim``, ``tokens``, ``truncated``, ``timing_us``), its
         ``embeddings`` decoded as by :meth:`embed`."""
         reply = await self._call(embed_request(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
                                                priority=priority, deadline_ms=deadline_ms, encoding=encoding,
-                                               prompt_name=prompt_name, prompt=prompt))
+                                               prompt_name=prompt_name, prompt=prompt, model=model, cache=cache))
         reply["embeddings"] = decode_vectors(reply, self._numpy)
         return reply
 

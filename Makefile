@@ -30,7 +30,7 @@ fmt:
 bench: setup
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench daemon
-	$(CARGO) bench --bench http
+	$(CARGO) bench --bench latency
 
 # Each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECS ?= 300

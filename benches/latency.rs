@@ -1,9 +1,11 @@
-//! What the HTTP surface adds to one short request, against the Unix socket, in one run on one daemon.
+//! One short request on an idle daemon, three ways, in one run on one daemon: over the Unix socket computed (the
+//! cache bypassed), over the socket answered by the embedding cache, and over HTTP computed.
 //!
-//! Run with `cargo bench --bench http` (or `make bench`). Starts the real `akidbd` with `--http`, then sends the
-//! same short sentence one request at a time, alternating between a socket client (`akidb::client`, protocol v1)
-//! and an HTTP/1.1 keep-alive client (`POST /v1/embeddings`, JSON floats), and reports p50/p99 of each and their
-//! difference. Writes target/bench-http.json.
+//! Run with `cargo bench --bench latency` (or `make bench`). Starts the real `akidbd` with `--http`, then sends
+//! the same short sentence one request at a time, rotating between a socket client (`akidb::client`, protocol
+//! v1) with `cache: false`, the same client with the cache, and an HTTP/1.1 keep-alive client (`POST
+//! /v1/embeddings`, JSON floats, `cache: false`), and reports p50/p99 of each: what HTTP adds to a computed
+//! request, and what a cache hit costs against a miss. Writes target/bench-latency.json.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -52,7 +54,7 @@ fn http_embed(stream: &mut BufReader<TcpStream>, body: &str) -> String {
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("http bench: run it with `cargo bench --bench http`");
+        println!("latency bench: run it with `cargo bench --bench latency`");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -82,18 +84,27 @@ fn main() {
     });
     let mut http = BufReader::new(TcpStream::connect(&addr).unwrap());
     http.get_mut().set_nodelay(true).unwrap();
-    let body = json!({"model": "all-MiniLM-L6-v2", "input": [TEXT]}).to_string();
-    let params = EmbedParams::default();
+    let body = json!({"model": "all-MiniLM-L6-v2", "input": [TEXT], "cache": false}).to_string();
+    let params = EmbedParams {
+        cache: Some(false),
+        ..EmbedParams::default()
+    };
+    let cached = EmbedParams::default();
     // Warm both paths, then alternate so that drift in the machine's speed hits both alike.
     for _ in 0..50 {
         runtime.block_on(client.embed(&[TEXT], &params)).unwrap();
         assert!(http_embed(&mut http, &body).contains("\"embedding\""));
     }
-    let (mut socket_ms, mut http_ms) = (Vec::new(), Vec::new());
+    let (mut socket_ms, mut http_ms, mut hit_ms) = (Vec::new(), Vec::new(), Vec::new());
+    runtime.block_on(client.embed(&[TEXT], &cached)).unwrap();
     for _ in 0..ROUNDS {
         let started = Instant::now();
         runtime.block_on(client.embed(&[TEXT], &params)).unwrap();
         socket_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        let hit = runtime.block_on(client.embed(&[TEXT], &cached)).unwrap();
+        hit_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(hit.reply.timing_us.inference, 0, "answered by the cache");
         let started = Instant::now();
         http_embed(&mut http, &body);
         http_ms.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -102,8 +113,12 @@ fn main() {
     let _ = child.wait();
     socket_ms.sort_by(f64::total_cmp);
     http_ms.sort_by(f64::total_cmp);
+    hit_ms.sort_by(f64::total_cmp);
     let report = json!({
         "rounds": ROUNDS,
+        "cache_hit_p50_ms": percentile(&hit_ms, 0.5),
+        "cache_hit_p99_ms": percentile(&hit_ms, 0.99),
+        "miss_over_hit_p50": percentile(&socket_ms, 0.5) / percentile(&hit_ms, 0.5),
         "socket_p50_ms": percentile(&socket_ms, 0.5),
         "socket_p99_ms": percentile(&socket_ms, 0.99),
         "http_p50_ms": percentile(&http_ms, 0.5),
@@ -113,7 +128,7 @@ fn main() {
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     let _ = std::fs::write(
-        repo().join("target/bench-http.json"),
+        repo().join("target/bench-latency.json"),
         serde_json::to_string_pretty(&report).unwrap(),
     );
 }

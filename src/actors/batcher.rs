@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::inference::{InferenceActor, RunBatch};
 use super::queue::{Budget, Queues};
-use super::state::DaemonState;
+use super::state::{lock, DaemonState};
 use super::supervisor::{ReplaceDevice, Supervisor};
 use super::{Item, Pending, ServeError};
 use crate::config::{BatcherConfig, EpKind};
@@ -119,6 +119,9 @@ pub(crate) struct WorkerLost {
 
 /// Fails everything still queued with `shutting_down` (end of the grace period).
 pub(crate) struct Drain;
+
+/// A batch is stuck past this many times its predicted run time (and past `stuck_timeout_ms`).
+pub(crate) const STUCK_FACTOR: f64 = 4.0;
 
 /// Who to ask for a replacement of a stuck device.
 pub(crate) struct SetSupervisor(pub ActorRef<Supervisor>);
@@ -328,31 +331,50 @@ impl Batcher {
         }
     }
 
-    /// Answers the batches of a device stuck in one batch longer than `stuck_timeout_ms` with `internal`, and asks
-    /// the supervisor for a fresh inference actor; schedules the next check otherwise.
+    /// Answers the batches of a device stuck in its batch with `internal`, stops the stuck run, and asks the
+    /// supervisor for a fresh inference actor; schedules the next check otherwise.
+    ///
+    /// A batch is stuck when it has run longer than `stuck_timeout_ms` *and* longer than [`STUCK_FACTOR`] times
+    /// the time its tokens were predicted to take (from the measured cost per token): a 4,000-token input on a
+    /// slow CPU may rightly run for a minute, a short one that takes ten times its prediction is hung. The same
+    /// deadline is published per device (`DeviceShared::stuck_deadline`), and the systemd watchdog is fed only
+    /// while no busy device is past it: one signal tells working from hung for both.
     fn check_stuck(&mut self) {
         let timeout = Duration::from_millis(self.config.stuck_timeout_ms);
         let now = Instant::now();
         let mut next_check: Option<Instant> = None;
         for index in 0..self.workers.len() {
             let slot = &mut self.workers[index];
-            if slot.outstanding.is_empty() || slot.actor.is_none() {
+            let device = &self.state.devices[index];
+            let Some(&predicted) = slot.outstanding.front().filter(|_| slot.actor.is_some()) else {
+                *lock(&device.stuck_deadline) = None;
                 continue;
-            }
-            let due = slot.running_since + timeout;
+            };
+            let allowed = timeout.max(predicted.mul_f64(STUCK_FACTOR));
+            let due = slot.running_since + allowed;
+            *lock(&device.stuck_deadline) = Some(due);
             if due > now {
                 next_check = Some(next_check.map_or(due, |n| n.min(due)));
                 continue;
             }
             let message = format!(
-                "inference device {index} was stuck in a batch for more than {} ms; it is being replaced",
-                timeout.as_millis()
+                "inference device {index} was stuck in a batch for more than {} ms (predicted {} ms); it is being \
+                 replaced",
+                allowed.as_millis(),
+                predicted.as_millis()
             );
             tracing::error!(
                 device = index,
-                timeout_ms = timeout.as_millis() as u64,
-                "inference device stuck; replacing it"
+                allowed_ms = allowed.as_millis() as u64,
+                predicted_ms = predicted.as_millis() as u64,
+                "inference device stuck; stopping its run and replacing it"
             );
+            // ONNX Runtime stops the run at its next kernel boundary: the abandoned batch does not keep computing
+            // beside the replacement's warm-up (a run blocked inside one kernel cannot be stopped).
+            if let Some(stopper) = lock(&device.stopper).as_ref() {
+                stopper.stop();
+            }
+            *lock(&device.stuck_deadline) = None;
             for pendings in slot.in_flight.drain(..) {
                 for pending in pendings {
                     pending.fail(ServeError::Internal(message.clone()));

@@ -107,6 +107,7 @@ impl Actor for InferenceActor {
         };
         *lock(&device.ep) = engine.active_ep().to_string();
         *lock(&device.precision) = Some(engine.precision().to_owned());
+        *lock(&device.stopper) = engine.run_stopper();
         device.set_state(DeviceState::Ready);
         let _ = args
             .batcher

@@ -51,6 +51,11 @@ pub(crate) struct DeviceShared {
     pub kind: String,
     pub ep: Mutex<String>,
     pub precision: Mutex<Option<String>>,
+    /// Stops the session run in progress (set by the inference actor; used on a stuck batch).
+    pub stopper: Mutex<Option<crate::engine::RunStopper>>,
+    /// When the batch now running would be declared stuck (None while idle): the batcher's judgement of working
+    /// vs hung, which the systemd watchdog follows too.
+    pub stuck_deadline: Mutex<Option<Instant>>,
     pub state: AtomicU8,
     pub restarts: AtomicU64,
     pub batches: AtomicU64,
@@ -107,6 +112,8 @@ impl DaemonState {
                 kind: kind.clone(),
                 ep: Mutex::new(String::new()),
                 precision: Mutex::new(None),
+                stopper: Mutex::new(None),
+                stuck_deadline: Mutex::new(None),
                 state: AtomicU8::new(DeviceState::Starting as u8),
                 restarts: AtomicU64::new(0),
                 batches: AtomicU64::new(0),

@@ -310,15 +310,27 @@ pub(crate) struct Heartbeats {
 }
 
 impl Heartbeats {
-    /// Whether every device that has not given up answers a heartbeat within `timeout` (a device stuck in a
-    /// batch does not).
+    /// Whether every device that has not given up is working or idle, for the watchdog. A device running a
+    /// batch is working until the batcher's stuck deadline for that batch (scaled by its tokens: a long batch
+    /// on a slow device is not a hang); a device being restarted or replaced is warming up; an idle device
+    /// must answer a heartbeat within `timeout`.
     pub async fn all_alive(&self, timeout: Duration) -> bool {
         let Ok((_, devices)) = self.supervisor.ask(Children).await else {
             return false;
         };
+        let now = tokio::time::Instant::now();
         for (index, device) in devices.iter().enumerate() {
-            if self.state.devices[index].state() == DeviceState::Failed {
-                continue;
+            let shared = &self.state.devices[index];
+            match shared.state() {
+                DeviceState::Failed | DeviceState::Starting | DeviceState::Restarting => continue,
+                DeviceState::Ready | DeviceState::Busy => {}
+            }
+            if let Some(deadline) = *super::state::lock(&shared.stuck_deadline) {
+                if now < deadline {
+                    continue;
+                }
+                tracing::warn!(device = index, "inference device past its stuck deadline; not feeding the watchdog");
+                return false;
             }
             if !matches!(tokio::time::timeout(timeout, device.ask(Heartbeat)).await, Ok(Ok(()))) {
                 tracing::warn!(device = index, "inference device missed its heartbeat; not feeding the watchdog");

@@ -110,8 +110,32 @@ pub trait Embedder: Send {
     fn precision(&self) -> &str {
         "fp32"
     }
+    /// A handle that stops the run in progress from another thread (None: runs cannot be stopped).
+    fn run_stopper(&self) -> Option<RunStopper> {
+        None
+    }
     /// Runs one batch and returns each input's pooled vector (full dimension, not normalized), in input order.
     fn run(&mut self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError>;
+}
+
+/// Stops an engine's session run in progress, from any thread: ONNX Runtime's terminate flag, checked between
+/// kernels, makes the run return an error. The next run clears it.
+#[derive(Clone)]
+pub struct RunStopper(pub(crate) Arc<ort::session::RunOptions>);
+
+impl RunStopper {
+    /// Asks the run in progress (if any) to stop.
+    pub fn stop(&self) {
+        if let Err(err) = self.0.terminate() {
+            tracing::warn!(error = %err, "could not stop a session run");
+        }
+    }
+}
+
+impl std::fmt::Debug for RunStopper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunStopper")
+    }
 }
 
 /// Shared, cheaply clonable handle to a tokenizer.

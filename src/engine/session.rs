@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use ndarray::Array2;
 use ort::environment::Environment;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType};
 
 use super::ep;
@@ -30,6 +30,8 @@ pub struct OrtEngine {
     precision: &'static str,
     /// A TensorRT engine built into a staging directory, to move into place once the device is warm.
     pending_cache: Option<(PathBuf, PathBuf)>,
+    /// The options every run goes with; their terminate flag stops a run from another thread.
+    run_options: Arc<RunOptions>,
     feeds: Feeds,
     output: Output,
 }
@@ -120,7 +122,9 @@ impl OrtEngine {
         let feeds = feeds(&session, &model.onnx_path)?;
         let output = output(&session, &model)?;
         let precision = precision(&model, active_ep, device);
+        let run_options = Arc::new(RunOptions::new().map_err(|e| EngineError::Inference(e.to_string()))?);
         let mut engine = OrtEngine {
+            run_options,
             session,
             model,
             tokenizer,
@@ -385,12 +389,21 @@ impl Embedder for OrtEngine {
         self.precision
     }
 
+    fn run_stopper(&self) -> Option<crate::engine::RunStopper> {
+        Some(crate::engine::RunStopper(self.run_options.clone()))
+    }
+
     fn run(&mut self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
         let inputs = self.inputs(batch)?;
         let pooling = self.model.pooling;
         let left = pooling.pads_left();
         let Output { name, pooled, element } = self.output.clone();
-        let outputs = self.session.run(inputs).map_err(|e| EngineError::Inference(e.to_string()))?;
+        // A stop asked for after the previous run ended must not cancel this one.
+        let _ = self.run_options.unterminate();
+        let outputs = self
+            .session
+            .run_with_options(inputs, &*self.run_options)
+            .map_err(|e| EngineError::Inference(e.to_string()))?;
         let value = outputs
             .get(&name)
             .ok_or_else(|| EngineError::Inference(format!("output {name} missing")))?;

@@ -273,3 +273,36 @@ fn fallback_chain_ends_on_cpu_and_says_so() {
         assert_eq!(engine.active_ep(), EpKind::Cpu);
     }
 }
+
+#[test]
+fn a_run_in_progress_can_be_stopped_from_another_thread() {
+    use akidb::engine::Embedder;
+    // Long enough to be caught in the middle: 64 inputs of 256 tokens on one thread.
+    let device = DeviceConfig {
+        intra_threads: 1,
+        ..DeviceConfig::default()
+    };
+    let mut engine = engine::load_engine(&util::env(), &util::model_info(&util::default_model_dir()), &device).unwrap();
+    let texts = vec!["the robot arm moves each heavy box from the pallet to the shelf ".repeat(30); 64];
+    let options = EmbedOptions {
+        truncate: true,
+        ..EmbedOptions::default()
+    };
+    let started = tokio::time::Instant::now();
+    engine.embed(&texts, &options).unwrap();
+    let whole = started.elapsed();
+    let stopper = engine.run_stopper().expect("ONNX Runtime sessions can be stopped");
+    let stopping = std::thread::spawn(move || {
+        std::thread::sleep(whole / 5);
+        stopper.stop();
+    });
+    let started = tokio::time::Instant::now();
+    let stopped = engine.embed(&texts, &options);
+    let took = started.elapsed();
+    stopping.join().unwrap();
+    eprintln!("a run of {whole:?} stopped after {took:?}: {:?}", stopped.as_ref().err());
+    assert!(matches!(stopped, Err(EngineError::Inference(_))), "the stopped run fails");
+    assert!(took < whole * 3 / 5, "stopped early ({took:?} of {whole:?})");
+    // The next run is not affected by the stop.
+    assert_eq!(engine.embed(&texts[..2], &options).unwrap().embeddings.len(), 2);
+}

@@ -1,5 +1,6 @@
 //! systemd integration against the real daemon: notifications on a NOTIFY_SOCKET the test binds, the watchdog
-//! (fed only while the device answers), and socket activation through LISTEN_FDS.
+//! (fed while the devices work or idle, including long batches, and kept up by a replacement when one hangs), and
+//! socket activation through LISTEN_FDS.
 
 use std::os::unix::net::UnixDatagram;
 use std::sync::{Arc, Mutex};
@@ -51,7 +52,10 @@ fn ready_watchdog_and_stopping_are_notified() {
     let notify_path = dir.path().join("notify");
     let messages = listen(UnixDatagram::bind(&notify_path).unwrap());
     let notify = notify_path.to_str().unwrap();
-    let mut daemon = Daemon::spawn("", &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "400000")]);
+    let mut daemon = Daemon::spawn(
+        "[batcher]\nstuck_timeout_ms = 300\nmax_batch_tokens = 8192\n",
+        &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "400000")],
+    );
     daemon.wait_ready();
     let ready_at = Instant::now();
     std::thread::sleep(Duration::from_millis(100));
@@ -74,27 +78,70 @@ fn ready_watchdog_and_stopping_are_notified() {
     let healthy = count(&messages, "WATCHDOG=1", ready_at, Instant::now());
     assert!(healthy >= 5, "{healthy} pings in 1.6 s");
 
-    // A device stuck in a batch (test fault: a 3 s run) stops the pings; they resume once it answers again.
+    // Long real batches (24 inputs of ~256 tokens each, batches of up to 8192 tokens) keep the pings going: the device is working, not hung,
+    // for as long as its batches take in proportion to their tokens.
     let socket = daemon.socket.clone();
-    let hung = std::thread::spawn(move || {
+    let long = std::thread::spawn(move || {
         util::runtime().block_on(async move {
             let mut client = akidb::client::Client::connect(&socket).await.unwrap();
-            client.embed(&["\0akidb-fault:hang:3000"], &EmbedParams::default()).await.unwrap();
+            let text = "the robot arm moves each heavy box from the pallet to the shelf ".repeat(24);
+            let texts = vec![text; 24];
+            client.embed(&texts, &EmbedParams::default()).await.unwrap();
         })
     });
-    let hang_start = Instant::now();
-    std::thread::sleep(Duration::from_millis(2600));
-    let during = count(
-        &messages,
-        "WATCHDOG=1",
-        hang_start + Duration::from_millis(500),
-        hang_start + Duration::from_millis(2600),
+    let long_start = Instant::now();
+    long.join().unwrap();
+    let long_end = Instant::now();
+    let pings: Vec<Instant> = messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, m)| *at >= long_start && *at < long_end && m.lines().any(|l| l == "WATCHDOG=1"))
+        .map(|(at, _)| *at)
+        .collect();
+    let mut edges = vec![long_start];
+    edges.extend(&pings);
+    edges.push(long_end);
+    let widest = edges.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!(
+        "long batches for {:?}: {} pings, widest gap {widest:?} (WatchdogSec 400 ms)",
+        long_end - long_start,
+        pings.len()
     );
-    assert_eq!(during, 0, "no pings while the device is hung");
-    hung.join().unwrap();
+    assert!(
+        widest < Duration::from_millis(400),
+        "a ping gap of {widest:?} while the device worked"
+    );
+    let socket = daemon.socket.clone();
+    let restarts = util::runtime().block_on(async move {
+        let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+        client.status().await.unwrap().devices[0].restarts
+    });
+    assert_eq!(restarts, 0, "no long batch was taken for a hung one");
+
+    // A hung batch (test fault: a 3 s sleep, predicted at a few ms) is hung past its stuck deadline: the device
+    // is replaced, its request answered `internal`, and the replacement keeps the service alive.
+    let socket = daemon.socket.clone();
+    let hang_start = Instant::now();
+    let outcome = util::runtime().block_on(async move {
+        let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+        let outcome = client.embed(&["\0akidb-fault:hang:3000"], &EmbedParams::default()).await;
+        // The replacement is started right after the batch is answered.
+        let mut restarts = 0;
+        for _ in 0..100 {
+            restarts = client.status().await.unwrap().devices[0].restarts;
+            if restarts > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (outcome.map(|_| ()).map_err(|e| e.to_string()), restarts)
+    });
+    assert!(outcome.0.as_ref().is_err_and(|e| e.contains("stuck")), "{outcome:?}");
+    assert_eq!(outcome.1, 1, "the hung device was replaced");
     std::thread::sleep(Duration::from_millis(1000));
-    let after = count(&messages, "WATCHDOG=1", hang_start + Duration::from_millis(3000), Instant::now());
-    assert!(after >= 2, "pings resume ({after})");
+    let after = count(&messages, "WATCHDOG=1", hang_start + Duration::from_millis(500), Instant::now());
+    assert!(after >= 2, "pings go on with the replacement ({after})");
 
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(20)), Some(0));

@@ -144,7 +144,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     state.set_phase(Phase::Stopping);
     systemd::stopping();
     stop.cancel();
+    // In-flight requests get the grace period to finish; work that would run past it is cut short before its
+    // end (a fifth of it, at least a second, at most half), so that its requests are answered `shutting_down`
+    // before the connections close.
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let margin = (grace / 5).max(Duration::from_secs(1)).min(grace / 2);
+    let cutter = started.work_stopper();
+    let cut = tokio::spawn(async move {
+        tokio::time::sleep(grace - margin).await;
+        cutter.stop_work().await;
+    });
     let _ = server_task.await;
+    cut.abort();
     started.stop(Duration::from_millis(config.server.shutdown_grace_ms.max(1000))).await;
     tracing::info!("stopped");
     Ok(())

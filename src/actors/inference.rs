@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::batcher::{BatchDone, Batcher, CostSample, WorkerUp};
-use super::state::{lock, DaemonState, DeviceState};
+use super::state::{lock, DaemonState, DeviceState, Phase};
 use super::{Item, ServeError};
 use crate::config::DeviceConfig;
 use crate::engine::{Embedder, Encoded, EngineError, ModelInfo, OrtEngine, SharedTokenizer};
@@ -192,6 +192,25 @@ impl Message<RunBatch> for InferenceActor {
         let device = &self.state.devices[self.index];
         device.set_state(DeviceState::Busy);
         let started = Instant::now();
+        if self.state.work_cut.load(Ordering::Acquire) {
+            // The graceful stop ran out of time: answer instead of computing.
+            for item in msg.items {
+                item.fail(ServeError::ShuttingDown);
+            }
+            device.set_state(DeviceState::Ready);
+            let _ = self
+                .batcher
+                .tell(BatchDone {
+                    index: self.index,
+                    actor: self.id,
+                    n_items: 0,
+                    padded_tokens: 0,
+                    elapsed: started.elapsed(),
+                })
+                .send()
+                .await;
+            return;
+        }
         let (live, dead): (Vec<Item>, Vec<Item>) = msg.items.into_iter().partition(|item| item.pending.is_live(Instant::now()));
         for item in dead {
             item.expire();
@@ -210,6 +229,13 @@ impl Message<RunBatch> for InferenceActor {
                         late += u64::from(!item.complete(vector, started, elapsed_us));
                     }
                     self.state.late_inputs.fetch_add(late, Ordering::Relaxed);
+                }
+                Err(err) if self.state.phase() == Phase::Stopping => {
+                    // Stopped at the end of the grace period (see `WorkStopper`).
+                    tracing::warn!(device = self.index, error = %err, "batch cut short by the stop");
+                    for item in live {
+                        item.fail(ServeError::ShuttingDown);
+                    }
                 }
                 Err(err) => {
                     tracing::error!(device = self.index, error = %err, "batch failed");

@@ -4,7 +4,7 @@
 //! or restarting actor never delays an operator's question. Everything is atomics or short critical sections.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -89,6 +89,8 @@ pub(crate) struct DaemonState {
     errors: Mutex<BTreeMap<ErrorCode, u64>>,
     pub thermal: Mutex<ThermalStatus>,
     windows: Mutex<[VecDeque<Sample>; 3]>,
+    /// Set when a graceful stop runs out of time: no batch runs any more (see `WorkStopper`).
+    pub work_cut: AtomicBool,
     /// The embedding cache, consulted where requests enter the actors.
     pub cache: std::sync::Arc<crate::cache::EmbedCache>,
 }
@@ -123,6 +125,7 @@ impl DaemonState {
             })
             .collect();
         DaemonState {
+            work_cut: AtomicBool::new(false),
             cache,
             started: Instant::now(),
             phase: AtomicU8::new(Phase::Starting as u8),

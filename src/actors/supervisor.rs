@@ -272,6 +272,14 @@ impl Started {
         Ok(())
     }
 
+    /// What the graceful stop needs to cut work short at the end of its grace period.
+    pub fn work_stopper(&self) -> WorkStopper {
+        WorkStopper {
+            supervisor: self.supervisor.clone(),
+            state: self.handle.state.clone(),
+        }
+    }
+
     /// What the watchdog needs to check the devices.
     pub fn clone_for_heartbeat(&self) -> Heartbeats {
         Heartbeats {
@@ -300,6 +308,35 @@ impl Started {
         let _ = batcher.stop_gracefully().await;
         let _ = self.supervisor.stop_gracefully().await;
         let _ = tokio::time::timeout_at(deadline, self.supervisor.wait_for_shutdown()).await;
+    }
+}
+
+/// Ends the work still in progress when a graceful stop runs out of time.
+pub(crate) struct WorkStopper {
+    supervisor: ActorRef<Supervisor>,
+    state: Arc<DaemonState>,
+}
+
+impl WorkStopper {
+    /// Answers what is still queued `shutting_down` and stops the runs in progress (their requests are answered
+    /// `shutting_down` too), so that every request read before the stop gets its reply before the connections
+    /// close, however long its batch would have run.
+    pub async fn stop_work(&self) {
+        tracing::warn!("grace period ending: answering queued work shutting_down and stopping the runs in progress");
+        // First no new batch runs (the inference actors answer them `shutting_down` at once), then the runs in
+        // progress stop; otherwise a stopped batch would only make room for the next one.
+        self.state.work_cut.store(true, std::sync::atomic::Ordering::Release);
+        let mut stopped = 0;
+        for device in &self.state.devices {
+            if let Some(stopper) = super::state::lock(&device.stopper).as_ref() {
+                stopper.stop();
+                stopped += 1;
+            }
+        }
+        tracing::info!(devices = stopped, "runs in progress asked to stop");
+        if let Ok(Ok((batcher, _))) = tokio::time::timeout(Duration::from_millis(200), self.supervisor.ask(Children)).await {
+            let _ = batcher.tell(Drain).try_send();
+        }
     }
 }
 

@@ -469,6 +469,75 @@ fn sigterm_with_requests_in_flight_loses_none() {
 }
 
 #[test]
+fn sigterm_during_a_long_batch_answers_every_request_within_the_grace_period() {
+    let mut daemon = Daemon::start("[server]\nshutdown_grace_ms = 1000\n[batcher]\nmax_batch_tokens = 16384\nmax_batch_size = 64\n");
+    let socket = daemon.socket.clone();
+    let long = |i: usize| {
+        format!(
+            "request {i}: {}",
+            "the robot arm moves each heavy box from the pallet to the shelf ".repeat(30)
+        )
+    };
+    let runtime = util::runtime();
+    // How long one full batch (64 inputs of 256 tokens) takes here.
+    let batch_time = runtime.block_on(async {
+        let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+        let texts: Vec<String> = (0..64).map(long).collect();
+        let started = tokio::time::Instant::now();
+        client.embed(&texts, &EmbedParams::default()).await.unwrap();
+        started.elapsed()
+    });
+    let (ids, mut client) = runtime.block_on(async {
+        let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+        let mut ids = Vec::new();
+        for request in 0..3 {
+            let texts: Vec<String> = (0..64).map(|i| long(100 * (request + 1) + i)).collect();
+            ids.push(
+                client
+                    .send(akidb::client::embed_request(&texts, &EmbedParams::default()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (ids, client)
+    });
+    let signalled = tokio::time::Instant::now();
+    daemon.signal("TERM");
+    let replies = runtime.block_on(async {
+        let mut codes = Vec::new();
+        for _ in &ids {
+            let reply = within(30, client.recv())
+                .await
+                .unwrap_or_else(|e| panic!("{e}; log:\n{}", daemon.log()));
+            codes.push(akidb::client::check(reply).map(|_| ()).map_err(|e| match e {
+                ClientError::Server { code, .. } => code,
+                other => panic!("{other}"),
+            }));
+        }
+        codes
+    });
+    let answered_after = signalled.elapsed();
+    eprintln!("batch of 64 x 256 tokens: {batch_time:?}; replies {replies:?} {answered_after:?} after SIGTERM");
+    assert!(
+        replies.iter().all(|r| matches!(r, Ok(()) | Err(ErrorCode::ShuttingDown))),
+        "every request answered, served or shutting_down: {replies:?}"
+    );
+    assert!(
+        answered_after < Duration::from_millis(1000) + batch_time.min(Duration::from_millis(500)),
+        "answered within the grace period ({answered_after:?}), not after the 3 x {batch_time:?} of work queued"
+    );
+    if batch_time > Duration::from_millis(1500) {
+        assert!(
+            replies.contains(&Err(ErrorCode::ShuttingDown)),
+            "work past the grace period was cut: {replies:?}"
+        );
+    }
+    drop(client);
+    assert_eq!(daemon.wait_exit(Duration::from_secs(10)), Some(0), "log:\n{}", daemon.log());
+}
+
+#[test]
 fn a_second_daemon_on_a_live_socket_refuses_and_a_stale_file_is_replaced() {
     let daemon = Daemon::start("");
     let config = daemon.dir.path().join("akidb.toml");

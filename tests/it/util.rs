@@ -106,8 +106,13 @@ pub fn daemon_config(dir: &Path, extra: &str) -> String {
     } else {
         format!("dir = {:?}\n", default_model_dir())
     };
+    let grace = if server_extra.contains("shutdown_grace_ms") {
+        ""
+    } else {
+        "shutdown_grace_ms = 5000\n"
+    };
     format!(
-        "[server]\n{socket}shutdown_grace_ms = 5000\n{server_extra}\n[model]\n{model_dir}{model_extra}\n{rest}",
+        "[server]\n{socket}{grace}{server_extra}\n[model]\n{model_dir}{model_extra}\n{rest}",
         rest = without_section(&without_section(extra, "[server]"), "[model]"),
     )
 }

@@ -73,6 +73,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
     let cache = Arc::new(crate::cache::EmbedCache::new(config.cache.max_bytes, model.dim));
     let state = Arc::new(DaemonState::new(model.clone(), &kinds, cache));
+    state
+        .realtime_bound_ms
+        .store(config.batcher.realtime_max_wait_ms, std::sync::atomic::Ordering::Relaxed);
     tracing::info!(socket = %socket.display(), model = %model.name, dim = model.dim, devices = ?kinds, ort = %engine::ort_version(), "akidbd starting");
     systemd::status(&format!("warming up {} device(s)", devices.len()));
 
@@ -129,6 +132,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         }
         Ok(Ok(())) => {
             crate::memory::release_free_memory();
+            let realtime = state.realtime_status();
+            if !realtime.achievable {
+                tracing::warn!(
+                    bound_ms = realtime.bound_ms,
+                    smallest_batch_ms = realtime.smallest_batch_ms,
+                    achievable_ms = realtime.achievable_ms,
+                    "batcher.realtime_max_wait_ms cannot hold on this model and device: one short input alone takes \
+                     longer (status.realtime says what to expect)"
+                );
+            }
             let status = format!("ready: {} device(s), model {}", kinds.len(), state.model.name);
             tracing::info!("{status}");
             systemd::ready(&status);

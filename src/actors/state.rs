@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::engine::ModelInfo;
-use crate::protocol::message::{Counters, DeviceStatus, ModelStatus, Percentiles, SensorStatus, StatusBody, ThermalStatus, Throughput};
+use crate::protocol::message::{
+    Counters, DeviceStatus, ModelStatus, Percentiles, RealtimeStatus, SensorStatus, StatusBody, ThermalStatus, Throughput,
+};
 use crate::protocol::{ErrorCode, Priority};
 
 /// How long latency samples and throughput are kept for `status`.
@@ -53,6 +55,8 @@ pub(crate) struct DeviceShared {
     pub precision: Mutex<Option<String>>,
     /// Stops the session run in progress (set by the inference actor; used on a stuck batch).
     pub stopper: Mutex<Option<crate::engine::RunStopper>>,
+    /// How long one short input alone takes on this device once warm (µs; 0 until measured).
+    pub smallest_batch_us: AtomicU64,
     /// When the batch now running would be declared stuck (None while idle): the batcher's judgement of working
     /// vs hung, which the systemd watchdog follows too.
     pub stuck_deadline: Mutex<Option<Instant>>,
@@ -89,6 +93,8 @@ pub(crate) struct DaemonState {
     errors: Mutex<BTreeMap<ErrorCode, u64>>,
     pub thermal: Mutex<ThermalStatus>,
     windows: Mutex<[VecDeque<Sample>; 3]>,
+    /// `batcher.realtime_max_wait_ms`, to say in `status` whether the devices can hold it.
+    pub realtime_bound_ms: AtomicU64,
     /// Set when a graceful stop runs out of time: no batch runs any more (see `WorkStopper`).
     pub work_cut: AtomicBool,
     /// The embedding cache, consulted where requests enter the actors.
@@ -116,6 +122,7 @@ impl DaemonState {
                 precision: Mutex::new(None),
                 stopper: Mutex::new(None),
                 stuck_deadline: Mutex::new(None),
+                smallest_batch_us: AtomicU64::new(0),
                 state: AtomicU8::new(DeviceState::Starting as u8),
                 restarts: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
@@ -126,6 +133,7 @@ impl DaemonState {
             .collect();
         DaemonState {
             work_cut: AtomicBool::new(false),
+            realtime_bound_ms: AtomicU64::new(0),
             cache,
             started: Instant::now(),
             phase: AtomicU8::new(Phase::Starting as u8),
@@ -166,6 +174,25 @@ impl DaemonState {
         let _ = self.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
             (current != Phase::Stopping as u8).then_some(phase as u8)
         });
+    }
+
+    /// Whether the realtime bound can hold: a realtime request waits behind at most about one bound's worth of
+    /// running work, then needs its own run, which on a slow model or device may alone take longer.
+    pub fn realtime_status(&self) -> RealtimeStatus {
+        let bound_ms = self.realtime_bound_ms.load(Ordering::Relaxed);
+        let smallest_us = self
+            .devices
+            .iter()
+            .map(|d| d.smallest_batch_us.load(Ordering::Relaxed))
+            .filter(|&us| us > 0)
+            .min();
+        let smallest_batch_ms = smallest_us.map(|us| us as f64 / 1000.0);
+        RealtimeStatus {
+            bound_ms,
+            smallest_batch_ms,
+            achievable: smallest_batch_ms.is_none_or(|ms| ms <= bound_ms as f64),
+            achievable_ms: smallest_batch_ms.map(|ms| (2.0 * ms).max(bound_ms as f64 + ms)),
+        }
     }
 
     /// Records one answered request.
@@ -259,6 +286,7 @@ impl DaemonState {
             throughput,
             thermal: lock(&self.thermal).clone(),
             cache: self.cache.stats(),
+            realtime: self.realtime_status(),
         }
     }
 

@@ -468,6 +468,28 @@ fn sigterm_with_requests_in_flight_loses_none() {
     assert!(!daemon.socket.exists(), "the socket file is removed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_whether_the_realtime_bound_can_hold_on_this_model_and_device() {
+    for bound in [20u64, 1] {
+        let daemon = Daemon::start(&format!("[batcher]\nrealtime_max_wait_ms = {bound}\n"));
+        let realtime = daemon.client().await.status().await.unwrap().realtime;
+        let smallest = realtime.smallest_batch_ms.expect("measured at warm-up");
+        assert!(smallest > 0.0 && realtime.bound_ms == bound, "{realtime:?}");
+        assert_eq!(realtime.achievable, smallest <= bound as f64, "{realtime:?}");
+        assert!(realtime.achievable_ms.unwrap() >= smallest);
+        // The warning is logged just after the daemon reports ready.
+        let mut warned = false;
+        for _ in 0..50 {
+            warned = daemon.log().contains("cannot hold on this model and device");
+            if warned {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(warned, !realtime.achievable, "a warning exactly when the bound cannot hold");
+    }
+}
+
 #[test]
 fn sigterm_during_a_long_batch_answers_every_request_within_the_grace_period() {
     let mut daemon = Daemon::start("[server]\nshutdown_grace_ms = 1000\n[batcher]\nmax_batch_tokens = 16384\nmax_batch_size = 64\n");

@@ -61,6 +61,19 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
         );
     }
     let _ = writeln!(out, "{}", cache_line(&status.cache));
+    let realtime = &status.realtime;
+    if let Some(smallest) = realtime.smallest_batch_ms {
+        let verdict = if realtime.achievable {
+            "holds".to_owned()
+        } else {
+            format!("CANNOT hold: expect up to {:.0} ms", realtime.achievable_ms.unwrap_or(smallest))
+        };
+        let _ = writeln!(
+            out,
+            "realtime    bound {} ms {verdict}  (one short input alone: {smallest:.1} ms)",
+            realtime.bound_ms
+        );
+    }
     let thermal = &status.thermal;
     let hottest = thermal.hottest_c.map_or("unknown".to_owned(), |t| format!("{t:.1} C"));
     let _ = writeln!(

@@ -337,9 +337,26 @@ pub struct StatusBody {
     /// The embedding cache (absent from daemons older than it).
     #[serde(default)]
     pub cache: CacheStats,
+    /// Whether `batcher.realtime_max_wait_ms` can hold on this model and these devices.
+    #[serde(default)]
+    pub realtime: RealtimeStatus,
     /// Thermal policy state.
     #[serde(default)]
     pub thermal: ThermalStatus,
+}
+
+/// `status.realtime`: what realtime latency this model and device allow.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct RealtimeStatus {
+    /// `batcher.realtime_max_wait_ms`: the configured bound on a realtime request's wait behind running work.
+    pub bound_ms: u64,
+    /// One short input alone on the fastest device, once warm (absent until measured).
+    pub smallest_batch_ms: Option<f64>,
+    /// False when that run alone takes longer than the bound: the bound cannot hold on this model and device.
+    pub achievable: bool,
+    /// The realtime latency to expect at worst: the bound's worth of running work (at least one smallest
+    /// batch) plus the request's own run.
+    pub achievable_ms: Option<f64>,
 }
 
 /// `status.cache`: the embedding cache.

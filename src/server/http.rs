@@ -44,9 +44,6 @@ pub const PRIORITY_HEADER: &str = "x-akidb-priority";
 /// The request header that sets a deadline in milliseconds after receipt, as `deadline_ms` does on the socket.
 pub const DEADLINE_HEADER: &str = "x-akidb-deadline-ms";
 
-/// How long a new connection over the limit waits for a slot before it is closed.
-const SLOT_WAIT: Duration = Duration::from_secs(1);
-
 /// What the handlers share.
 #[derive(Clone)]
 struct App {
@@ -152,18 +149,11 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
                 }
             },
         };
-        let slot = tokio::select! {
-            _ = stop.cancelled() => break,
-            slot = tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()) => slot,
+        let slot = match super::admit(&slots, &stop, &handle, "http", server.max_connections).await {
+            super::Admission::Admitted(slot) => slot,
+            super::Admission::Refused => continue,
+            super::Admission::Stopping => break,
         };
-        let Ok(Ok(slot)) = slot else {
-            tracing::warn!(
-                max = server.max_connections,
-                "http connection limit reached; closing a new connection"
-            );
-            continue;
-        };
-        handle.state.connections.fetch_add(1, Ordering::Relaxed);
         let service = TowerToHyperService::new(router.clone());
         let close = close_all.child_token();
         tracker.spawn(async move {

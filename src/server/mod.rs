@@ -155,17 +155,11 @@ pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerCon
                 }
             },
         };
-        // At the limit, wait a moment before refusing: peers that just hung up free their slots as soon as their
-        // tasks see the end of file (a burst of short connections would otherwise refuse the next client).
-        let slot = tokio::select! {
-            _ = stop.cancelled() => break,
-            slot = tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()) => slot,
+        let slot = match admit(&slots, &stop, &handle, "socket", config.max_connections).await {
+            Admission::Admitted(slot) => slot,
+            Admission::Refused => continue,
+            Admission::Stopping => break,
         };
-        let Ok(Ok(slot)) = slot else {
-            tracing::warn!(max = config.max_connections, "connection limit reached; closing a new connection");
-            continue;
-        };
-        handle.state.connections.fetch_add(1, Ordering::Relaxed);
         let (handle, policy, close) = (handle.clone(), policy.clone(), close_all.child_token());
         tracker.spawn(async move {
             admit_and_serve(stream, handle, policy, close).await;
@@ -184,6 +178,38 @@ pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerCon
         close_all.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     }
+}
+
+/// What [`admit`] decided for a new connection.
+pub(crate) enum Admission {
+    /// Serve it, holding this slot until it ends.
+    Admitted(tokio::sync::OwnedSemaphorePermit),
+    /// Over the connection limit: close it.
+    Refused,
+    /// The stop began meanwhile.
+    Stopping,
+}
+
+/// A slot for a new connection of either transport. At the limit it waits a moment before refusing: peers that
+/// just hung up free their slots as soon as their tasks see the end of file (a burst of short connections would
+/// otherwise refuse the next client). Admitted connections are counted in `status`.
+pub(crate) async fn admit(
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    handle: &DaemonHandle,
+    transport: &str,
+    max: usize,
+) -> Admission {
+    let slot = tokio::select! {
+        _ = stop.cancelled() => return Admission::Stopping,
+        slot = tokio::time::timeout(SLOT_WAIT, slots.clone().acquire_owned()) => slot,
+    };
+    let Ok(Ok(slot)) = slot else {
+        tracing::warn!(transport, max, "connection limit reached; closing a new connection");
+        return Admission::Refused;
+    };
+    handle.state.connections.fetch_add(1, Ordering::Relaxed);
+    Admission::Admitted(slot)
 }
 
 async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<ConnectionPolicy>, close: CancellationToken) {

@@ -20,7 +20,16 @@ async fn repeated_inputs_are_answered_from_the_cache_exactly() {
     let mut client = daemon.client().await;
     let texts: Vec<String> = (0..8).map(words).collect();
     let first = within(30, client.embed(&texts, &EmbedParams::default())).await.unwrap();
-    let batches = client.status().await.unwrap().counters.batches;
+    // The batch is counted just after its replies go out.
+    let mut batches = 0;
+    for _ in 0..100 {
+        batches = client.status().await.unwrap().counters.batches;
+        if batches > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(batches > 0);
     let again = within(30, client.embed(&texts, &EmbedParams::default())).await.unwrap();
     assert_eq!(again.embeddings, first.embeddings, "a hit is the computed vector, bit for bit");
     assert_eq!(again.reply.tokens, first.reply.tokens);
@@ -132,8 +141,14 @@ async fn an_unknown_model_is_named_and_the_cache_can_be_off() {
     };
     within(10, client.embed(&["x"], &named)).await.unwrap();
     within(10, client.embed(&["x"], &named)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    let status = client.status().await.unwrap();
+    let mut status = client.status().await.unwrap();
+    for _ in 0..100 {
+        if status.counters.batches >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = client.status().await.unwrap();
+    }
     assert!(!status.cache.enabled && status.cache.entries == 0 && status.cache.hits == 0);
     assert_eq!(status.counters.batches, 2, "with the cache off every request is computed");
 }

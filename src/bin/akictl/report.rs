@@ -66,13 +66,13 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
         let verdict = if realtime.achievable {
             "holds".to_owned()
         } else {
-            format!("CANNOT hold: expect up to {:.0} ms", realtime.achievable_ms.unwrap_or(smallest))
+            format!("CANNOT hold, expect <= {:.0} ms", realtime.achievable_ms.unwrap_or(smallest))
         };
-        let _ = writeln!(
-            out,
-            "realtime    bound {} ms {verdict}  (one short input alone: {smallest:.1} ms)",
+        let line = format!(
+            "realtime    bound {} ms {verdict} (short input alone {smallest:.1} ms)",
             realtime.bound_ms
         );
+        let _ = writeln!(out, "{}", clip(&line, 80));
     }
     let thermal = &status.thermal;
     let hottest = thermal.hottest_c.map_or("unknown".to_owned(), |t| format!("{t:.1} C"));

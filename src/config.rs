@@ -295,6 +295,10 @@ pub struct BatcherConfig {
     pub queue_capacity: QueueCapacity,
     /// Sequence lengths run at warm-up.
     pub warmup_seq_lengths: Vec<usize>,
+    /// CPU devices: warm the first shape before READY and the others after READY, while idle (READY comes
+    /// seconds sooner; a larger shape's first run is slower by what its warm-up would have cost). False: every
+    /// shape before READY. GPU devices always warm every shape before READY (engines and kernels).
+    pub warmup_after_ready: bool,
     /// Batches prepared ahead per device.
     pub prefetch: usize,
     /// Inference actor restarts allowed within `restart_window_s` before the device is given up.
@@ -747,6 +751,7 @@ impl Default for BatcherConfig {
             max_padding_ratio: DEFAULT_MAX_PADDING_RATIO,
             queue_capacity: QueueCapacity::default(),
             warmup_seq_lengths: DEFAULT_WARMUP_SEQ_LENGTHS.to_vec(),
+            warmup_after_ready: true,
             prefetch: DEFAULT_PREFETCH,
             max_restarts: DEFAULT_MAX_RESTARTS,
             restart_window_s: DEFAULT_RESTART_WINDOW_S,

@@ -57,6 +57,8 @@ pub(crate) struct Batcher {
     thermal: (ThermalState, String),
     /// Told to replace a device that is stuck in a batch.
     supervisor: Option<ActorRef<Supervisor>>,
+    /// When work last arrived or finished: warm-ups left for after READY wait for a pause in traffic.
+    last_work: Instant,
 }
 
 struct Worker {
@@ -64,6 +66,8 @@ struct Worker {
     /// the CPU (and until it reports its provider).
     prefetch: usize,
     accelerator_prefetch: usize,
+    /// Warm-up shapes (inputs, tokens) to run while the device is idle.
+    warmups: VecDeque<(usize, usize)>,
     actor: Option<ActorRef<InferenceActor>>,
     /// Predicted run time of each batch sent and not yet done, oldest (running) first.
     outstanding: VecDeque<Duration>,
@@ -95,6 +99,8 @@ pub(crate) struct WorkerUp {
     pub actor: ActorRef<InferenceActor>,
     /// The provider the device's session really runs on (prefetch is for accelerators only).
     pub ep: EpKind,
+    /// Warm-up shapes (inputs, tokens) left for after READY: sent while the device is idle.
+    pub warmups: Vec<(usize, usize)>,
 }
 
 /// An inference actor finished a batch.
@@ -119,6 +125,13 @@ pub(crate) struct WorkerLost {
 
 /// Fails everything still queued with `shutting_down` (end of the grace period).
 pub(crate) struct Drain;
+
+/// How long traffic must pause before a warm-up left for after READY is run.
+const WARMUP_IDLE: Duration = Duration::from_millis(200);
+
+/// A warm-up after READY predicted to run longer than this is skipped: a request arriving during it would wait
+/// that long, and on a CPU the first real run of a shape costs only a fraction more than a warm one.
+const WARMUP_MAX_RUN: Duration = Duration::from_millis(50);
 
 /// A batch is stuck past this many times its predicted run time (and past `stuck_timeout_ms`).
 pub(crate) const STUCK_FACTOR: f64 = 4.0;
@@ -151,6 +164,7 @@ impl Actor for Batcher {
                 .map(|&prefetch| Worker {
                     prefetch: 0,
                     accelerator_prefetch: prefetch,
+                    warmups: VecDeque::new(),
                     actor: None,
                     outstanding: VecDeque::new(),
                     busy_until: Instant::now(),
@@ -170,6 +184,7 @@ impl Actor for Batcher {
             refill: None,
             thermal: (ThermalState::Normal, String::new()),
             supervisor: None,
+            last_work: Instant::now(),
         })
     }
 }
@@ -419,6 +434,7 @@ impl Batcher {
                 items: picked.items,
                 padded_tokens: picked.padded_tokens,
                 real_tokens: picked.real_tokens,
+                warmup: None,
             };
             let slot = &mut self.workers[worker];
             let actor = slot.actor.as_ref().expect("free_worker only returns devices with an actor");
@@ -442,8 +458,54 @@ impl Batcher {
                 }
             }
         }
+        self.send_warmups(realtime_active);
         self.check_stuck();
         self.update_gauges();
+    }
+
+    /// Hands idle devices the warm-up shapes they left for after READY, one at a time, only while nothing is
+    /// queued, no realtime traffic is recent and traffic has paused for [`WARMUP_IDLE`], and only those predicted
+    /// to run within [`WARMUP_MAX_RUN`] (the dearer ones are dropped): a request arriving meanwhile waits for at
+    /// most that.
+    fn send_warmups(&mut self, realtime_active: bool) {
+        if !self.queues.is_empty() || realtime_active || self.workers.iter().all(|w| w.warmups.is_empty()) {
+            return;
+        }
+        let quiet_from = self.last_work + WARMUP_IDLE;
+        if Instant::now() < quiet_from {
+            self.wake_at_least(quiet_from);
+            return;
+        }
+        for index in 0..self.workers.len() {
+            let slot = &self.workers[index];
+            if slot.actor.is_none() || !slot.outstanding.is_empty() {
+                continue;
+            }
+            let mut next = None;
+            while let Some((batch_size, seq)) = self.workers[index].warmups.pop_front() {
+                let predicted = self.predicted(batch_size * seq);
+                if predicted <= WARMUP_MAX_RUN {
+                    next = Some((batch_size, seq, predicted));
+                    break;
+                }
+                tracing::debug!(device = index, batch_size, seq, "warm-up skipped: too long to run while serving");
+            }
+            let Some((batch_size, seq, predicted)) = next else { continue };
+            let slot = &mut self.workers[index];
+            let actor = slot.actor.as_ref().expect("checked above");
+            let batch = RunBatch {
+                items: Vec::new(),
+                padded_tokens: batch_size * seq,
+                real_tokens: 0,
+                warmup: Some((batch_size, seq)),
+            };
+            if actor.tell(batch).try_send().is_ok() {
+                slot.running_since = Instant::now();
+                slot.busy_until = Instant::now() + predicted;
+                slot.outstanding.push_back(predicted);
+                slot.in_flight.push_back(Vec::new());
+            }
+        }
     }
 
     fn fail_all(&mut self, error: &ServeError) {
@@ -458,6 +520,7 @@ impl Message<Submit> for Batcher {
     type Reply = ();
 
     async fn handle(&mut self, msg: Submit, _ctx: &mut Context<Self, Self::Reply>) {
+        self.last_work = Instant::now();
         if self.no_device_left() {
             for item in msg.items {
                 item.fail(ServeError::Unavailable("every inference device has failed".into()));
@@ -500,6 +563,8 @@ impl Message<WorkerUp> for Batcher {
         // A CPU session computes on the cores that would prepare its next batch: nothing to overlap. Decided by
         // the provider in use, so a GPU device that fell back to the CPU prefetches nothing.
         slot.prefetch = if msg.ep == EpKind::Cpu { 0 } else { slot.accelerator_prefetch };
+        slot.warmups = msg.warmups.into();
+        self.last_work = Instant::now();
         slot.actor = Some(msg.actor);
         slot.outstanding.clear();
         slot.in_flight.clear();
@@ -520,6 +585,10 @@ impl Message<BatchDone> for Batcher {
         slot.outstanding.pop_front();
         slot.in_flight.pop_front();
         slot.running_since = Instant::now();
+        if msg.n_items > 0 {
+            self.last_work = Instant::now();
+        }
+        let slot = &mut self.workers[msg.index];
         // The next prepared batch (if any) starts now.
         slot.busy_until = Instant::now() + slot.outstanding.iter().sum::<Duration>();
         if slot.outstanding.is_empty() && msg.n_items > 1 {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::batcher::{BatchDone, Batcher, CostSample, WorkerUp};
 use super::state::{lock, DaemonState, DeviceState, Phase};
 use super::{Item, ServeError};
-use crate::config::DeviceConfig;
+use crate::config::{DeviceConfig, EpKind};
 use crate::engine::{Embedder, Encoded, EngineError, ModelInfo, OrtEngine, SharedTokenizer};
 
 /// How a device's first start went.
@@ -45,6 +45,7 @@ pub(crate) struct InferenceArgs {
     pub state: Arc<DaemonState>,
     pub warmup_seq_lengths: Vec<usize>,
     pub warmup_batch: usize,
+    pub warmup_after_ready: bool,
     pub startup: Arc<watch::Sender<Startup>>,
 }
 
@@ -52,6 +53,8 @@ pub(crate) struct InferenceActor {
     index: usize,
     id: kameo::actor::ActorId,
     engine: Box<dyn Embedder>,
+    /// A long input of the model, cut to each warm-up length (also for the warm-ups run after READY).
+    filler: Encoded,
     batcher: ActorRef<Batcher>,
     state: Arc<DaemonState>,
 }
@@ -64,6 +67,9 @@ pub(crate) struct RunBatch {
     pub items: Vec<Item>,
     pub padded_tokens: usize,
     pub real_tokens: usize,
+    /// A warm-up shape (inputs, tokens) to run instead of items: the warm-ups left for after READY, sent by the
+    /// batcher while the device is idle.
+    pub warmup: Option<(usize, usize)>,
 }
 
 // === impl InferenceActor ===
@@ -90,8 +96,8 @@ impl Actor for InferenceActor {
             );
             tokio::time::sleep(backoff).await;
         }
-        let engine = match build_and_warm_up(&args) {
-            Ok(engine) => engine,
+        let (engine, filler, warmups) = match build_and_warm_up(&args) {
+            Ok(warmed) => warmed,
             Err((message, model_error)) => {
                 tracing::error!(device = args.index, error = %message, "inference device could not start");
                 *lock(&device.last_error) = Some(message.clone());
@@ -115,6 +121,7 @@ impl Actor for InferenceActor {
                 index: args.index,
                 actor: actor_ref.clone(),
                 ep: engine.active_ep(),
+                warmups,
             })
             .send()
             .await;
@@ -125,6 +132,7 @@ impl Actor for InferenceActor {
             index: args.index,
             id: actor_ref.id(),
             engine,
+            filler,
             batcher: args.batcher,
             state: args.state,
         })
@@ -136,38 +144,51 @@ fn restart_backoff(restarts: u64) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << restarts.saturating_sub(1).min(6))).min(Duration::from_secs(5))
 }
 
-/// Builds the session and runs it once at every warm-up shape, reporting the cost to the batcher. An error says
-/// whether the model is at fault (true) rather than the device.
-fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, (String, bool)> {
+/// What a device brings up: its engine, the filler its warm-ups are cut from, and the warm-up shapes (inputs,
+/// tokens) left for after READY.
+type Warmed = (Box<dyn Embedder>, Encoded, Vec<(usize, usize)>);
+
+/// Builds the session and runs it at the warm-up shapes due before READY (see `batcher.warmup_after_ready`),
+/// reporting the cost to the batcher. An error says whether the model is at fault (true) rather than the device.
+fn build_and_warm_up(args: &InferenceArgs) -> Result<Warmed, (String, bool)> {
     let started = Instant::now();
     #[cfg(feature = "fault-injection")]
     if let Some(ms) = std::env::var("AKIDB_FAULT_WARMUP_MS").ok().and_then(|v| v.parse().ok()) {
         // Test hook: a slow warm-up, to observe the daemon while it is "starting".
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let mut engine = OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device)
-        .map_err(|e| (e.to_string(), matches!(e, EngineError::Model { .. })))?;
+    let mut engine = Box::new(
+        OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device)
+            .map_err(|e| (e.to_string(), matches!(e, EngineError::Model { .. })))?,
+    );
     let filler = args
         .tokenizer
         .encode(&"robot ".repeat(args.model.max_tokens), true)
         .map_err(|e| (e.to_string(), true))?;
-    for &seq in &args.warmup_seq_lengths {
-        let seq = seq.clamp(2, filler.ids.len());
-        let encoded = shorten(&filler, seq);
-        for batch_size in [1, args.warmup_batch.max(1)] {
-            let batch: Vec<&Encoded> = std::iter::repeat_n(&encoded, batch_size).collect();
-            let run_started = Instant::now();
-            engine
-                .run(&batch)
-                .map_err(|e| (format!("warm-up at {batch_size}x{seq} failed: {e}"), false))?;
-            let _ = args
-                .batcher
-                .tell(CostSample {
-                    padded_tokens: batch_size * seq,
-                    elapsed: run_started.elapsed(),
-                })
-                .try_send();
-        }
+    let shapes: Vec<(usize, usize)> = args
+        .warmup_seq_lengths
+        .iter()
+        .flat_map(|&seq| {
+            let seq = seq.clamp(2, filler.ids.len());
+            [(1, seq), (args.warmup_batch.max(1), seq)]
+        })
+        .collect();
+    // A CPU session gains little from running a shape before it is needed; an accelerator compiles kernels or
+    // TensorRT engines for it. So a CPU device runs the first shape now and the rest once READY, while idle.
+    let now = if args.warmup_after_ready && engine.active_ep() == EpKind::Cpu {
+        2.min(shapes.len())
+    } else {
+        shapes.len()
+    };
+    for &(batch_size, seq) in &shapes[..now] {
+        let elapsed = run_warmup(engine.as_mut(), &filler, batch_size, seq).map_err(|e| (e, false))?;
+        let _ = args
+            .batcher
+            .tell(CostSample {
+                padded_tokens: batch_size * seq,
+                elapsed,
+            })
+            .try_send();
     }
     // The fastest a realtime request can be served here: one short input alone, once warm.
     let short = shorten(&filler, 16.clamp(2, filler.ids.len()));
@@ -178,8 +199,26 @@ fn build_and_warm_up(args: &InferenceArgs) -> Result<Box<dyn Embedder>, (String,
         .smallest_batch_us
         .store(smallest_us.max(1), Ordering::Relaxed);
     engine.commit_engine_cache();
-    tracing::info!(device = args.index, ep = %engine.active_ep(), warmup_ms = started.elapsed().as_millis() as u64, "inference device ready");
-    Ok(Box::new(engine))
+    tracing::info!(
+        device = args.index,
+        ep = %engine.active_ep(),
+        warmup_ms = started.elapsed().as_millis() as u64,
+        after_ready = shapes.len() - now,
+        "inference device ready"
+    );
+    let later = shapes[now..].to_vec();
+    Ok((engine, filler, later))
+}
+
+/// Runs one warm-up shape and returns how long it took.
+fn run_warmup(engine: &mut dyn Embedder, filler: &Encoded, batch_size: usize, seq: usize) -> Result<Duration, String> {
+    let encoded = shorten(filler, seq);
+    let batch: Vec<&Encoded> = std::iter::repeat_n(&encoded, batch_size).collect();
+    let started = Instant::now();
+    engine
+        .run(&batch)
+        .map_err(|e| format!("warm-up at {batch_size}x{seq} failed: {e}"))?;
+    Ok(started.elapsed())
 }
 
 /// The first `seq - 1` tokens of `filler` and its last (closing special) token.
@@ -200,6 +239,22 @@ impl Message<RunBatch> for InferenceActor {
         let device = &self.state.devices[self.index];
         device.set_state(DeviceState::Busy);
         let started = Instant::now();
+        if let Some((batch_size, seq)) = msg.warmup {
+            // A warm-up left for after READY, sent while the device was idle.
+            if let Err(err) = run_warmup(self.engine.as_mut(), &self.filler, batch_size, seq) {
+                tracing::warn!(device = self.index, error = %err, "warm-up after ready failed");
+            }
+            device.set_state(DeviceState::Ready);
+            let done = BatchDone {
+                index: self.index,
+                actor: self.id,
+                n_items: 0,
+                padded_tokens: msg.padded_tokens,
+                elapsed: started.elapsed(),
+            };
+            let _ = self.batcher.tell(done).send().await;
+            return;
+        }
         if self.state.work_cut.load(Ordering::Acquire) {
             // The graceful stop ran out of time: answer instead of computing.
             for item in msg.items {

@@ -110,6 +110,7 @@ impl Actor for Supervisor {
                 state: args.state.clone(),
                 warmup_seq_lengths: batcher_cfg.warmup_seq_lengths.clone(),
                 warmup_batch: batcher_cfg.max_batch_size.min(8),
+                warmup_after_ready: batcher_cfg.warmup_after_ready,
                 startup: Arc::new(startup_tx),
             };
             device_args.push(inference_args.clone());

@@ -37,7 +37,9 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_harm_no_one() {
-    let daemon = Daemon::start("[server]\nread_timeout_ms = 1000\nmax_inputs = 64\n");
+    // Every warm-up before READY, so that the RSS baseline below already holds what warm-up allocates: this test
+    // measures what hostile clients add.
+    let daemon = Daemon::start("[server]\nread_timeout_ms = 1000\nmax_inputs = 64\n[batcher]\nwarmup_after_ready = false\n");
     let mut good = daemon.client().await;
     let reference = good
         .embed(&["the reference sentence"], &EmbedParams::default())

@@ -332,6 +332,23 @@ def main():
     export(hidden, [ids, mask], ["input_ids", "attention_mask"], ["last_hidden_state"],
            os.path.join(out, "model.onnx"),
            {"input_ids": seq_axes, "attention_mask": seq_axes, "last_hidden_state": seq_axes})
+    if args.full_size:
+        # Only what a benchmark needs: the plain export, its weights in one external data file, no references.
+        path = os.path.join(out, "model.onnx")
+        before = set(os.listdir(out))
+        graph = onnx.load(path)
+        onnx.save_model(graph, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx_data", size_threshold=1024)
+        for name in before - {"model.onnx"}:
+            full = os.path.join(out, name)
+            if os.path.isfile(full) and not name.endswith((".json", ".md", ".txt", ".safetensors")):
+                os.remove(full)
+        for name in os.listdir(out):
+            if name.endswith(".safetensors") or name == "README.md":
+                os.remove(os.path.join(out, name))
+        shutil.rmtree(work)
+        print(json.dumps({"out": out, "files": sorted(os.listdir(out))}, indent=1))
+        return
     positions = torch.arange(ids.shape[1]).expand_as(ids).contiguous()
     export(hidden, [ids, mask, positions], ["input_ids", "attention_mask", "position_ids"], ["last_hidden_state"],
            os.path.join(out, "model_position_ids.onnx"),

@@ -324,7 +324,7 @@ def main():
 
     st = st_dir(out, transformer_dir, args.max_seq_length)
     tokenizer_json = os.path.join(out, "tokenizer.json")
-    cases = references(st, args.max_seq_length, tokenizer_json)
+    cases = [] if args.full_size else references(st, args.max_seq_length, tokenizer_json)
     hidden = Hidden(st[0].auto_model.eval())
     sample = st.tokenize(CORPUS[:3])
     ids, mask = sample["input_ids"], sample["attention_mask"]

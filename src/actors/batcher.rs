@@ -71,6 +71,8 @@ struct Worker {
     actor: Option<ActorRef<InferenceActor>>,
     /// Predicted run time of each batch sent and not yet done, oldest (running) first.
     outstanding: VecDeque<Duration>,
+    /// How long each of those batches may run before it counts as stuck (see `stuck_allowance`).
+    stuck_allowed: VecDeque<Duration>,
     /// When the batches sent are predicted to be done.
     busy_until: Instant,
     /// The requests of each batch sent and not yet done, to answer them if the device gets stuck.
@@ -167,6 +169,7 @@ impl Actor for Batcher {
                     warmups: VecDeque::new(),
                     actor: None,
                     outstanding: VecDeque::new(),
+                    stuck_allowed: VecDeque::new(),
                     busy_until: Instant::now(),
                     in_flight: VecDeque::new(),
                     running_since: Instant::now(),
@@ -307,6 +310,16 @@ impl Batcher {
         });
     }
 
+    /// How long a batch predicted at `predicted` with rows of `seq` tokens may run before it counts as stuck:
+    /// [`STUCK_FACTOR`] times the prediction, scaled up for long rows. The cost model is per token, measured
+    /// mostly on short shapes, while attention makes a token of a long row dearer: on the 0.6B decoder on this
+    /// CPU a 3,150-token input ran 5x longer than the per-token prediction. Scale: 1 + seq / s0, with s0 half the
+    /// model's width (at least 256 tokens).
+    fn stuck_allowance(&self, predicted: Duration, seq: usize) -> Duration {
+        let s0 = (self.state.model.dim / 2).max(256) as f64;
+        predicted.mul_f64(STUCK_FACTOR * (1.0 + seq as f64 / s0))
+    }
+
     fn predicted(&self, padded_tokens: usize) -> Duration {
         self.ms_per_token
             .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms * padded_tokens as f64 / 1000.0))
@@ -349,9 +362,10 @@ impl Batcher {
     /// Answers the batches of a device stuck in its batch with `internal`, stops the stuck run, and asks the
     /// supervisor for a fresh inference actor; schedules the next check otherwise.
     ///
-    /// A batch is stuck when it has run longer than `stuck_timeout_ms` *and* longer than [`STUCK_FACTOR`] times
-    /// the time its tokens were predicted to take (from the measured cost per token): a 4,000-token input on a
-    /// slow CPU may rightly run for a minute, a short one that takes ten times its prediction is hung. The same
+    /// A batch is stuck when it has run longer than `stuck_timeout_ms` *and* longer than its allowance:
+    /// [`STUCK_FACTOR`] times the time its tokens were predicted to take (from the measured cost per token),
+    /// scaled up for long rows (`stuck_allowance`): a 3,000-token input on a slow CPU may rightly run for minutes,
+    /// a short one that takes ten times its prediction is hung. The same
     /// deadline is published per device (`DeviceShared::stuck_deadline`), and the systemd watchdog is fed only
     /// while no busy device is past it: one signal tells working from hung for both.
     fn check_stuck(&mut self) {
@@ -361,11 +375,15 @@ impl Batcher {
         for index in 0..self.workers.len() {
             let slot = &mut self.workers[index];
             let device = &self.state.devices[index];
-            let Some(&predicted) = slot.outstanding.front().filter(|_| slot.actor.is_some()) else {
+            let (Some(&predicted), Some(&allowed)) = (slot.outstanding.front(), slot.stuck_allowed.front()) else {
                 *lock(&device.stuck_deadline) = None;
                 continue;
             };
-            let allowed = timeout.max(predicted.mul_f64(STUCK_FACTOR));
+            if slot.actor.is_none() {
+                *lock(&device.stuck_deadline) = None;
+                continue;
+            }
+            let allowed = timeout.max(allowed);
             let due = slot.running_since + allowed;
             *lock(&device.stuck_deadline) = Some(due);
             if due > now {
@@ -396,6 +414,7 @@ impl Batcher {
                 }
             }
             slot.outstanding.clear();
+            slot.stuck_allowed.clear();
             slot.actor = None;
             if let Some(supervisor) = &self.supervisor {
                 let _ = supervisor.tell(ReplaceDevice { index }).try_send();
@@ -429,6 +448,7 @@ impl Batcher {
                 continue;
             }
             let predicted = self.predicted(picked.padded_tokens);
+            let allowed = self.stuck_allowance(predicted, picked.padded_tokens / picked.items.len().max(1));
             let pendings: Vec<Arc<Pending>> = picked.items.iter().map(|item| item.pending.clone()).collect();
             let batch = RunBatch {
                 items: picked.items,
@@ -448,6 +468,7 @@ impl Batcher {
                     };
                     slot.busy_until = start + predicted;
                     slot.outstanding.push_back(predicted);
+                    slot.stuck_allowed.push_back(allowed);
                     slot.in_flight.push_back(pendings);
                 }
                 Err(err) => {
@@ -491,6 +512,7 @@ impl Batcher {
                 tracing::debug!(device = index, batch_size, seq, "warm-up skipped: too long to run while serving");
             }
             let Some((batch_size, seq, predicted)) = next else { continue };
+            let allowed = self.stuck_allowance(predicted, seq);
             let slot = &mut self.workers[index];
             let actor = slot.actor.as_ref().expect("checked above");
             let batch = RunBatch {
@@ -503,6 +525,7 @@ impl Batcher {
                 slot.running_since = Instant::now();
                 slot.busy_until = Instant::now() + predicted;
                 slot.outstanding.push_back(predicted);
+                slot.stuck_allowed.push_back(allowed);
                 slot.in_flight.push_back(Vec::new());
             }
         }
@@ -567,6 +590,7 @@ impl Message<WorkerUp> for Batcher {
         self.last_work = Instant::now();
         slot.actor = Some(msg.actor);
         slot.outstanding.clear();
+        slot.stuck_allowed.clear();
         slot.in_flight.clear();
         slot.lost = false;
         self.dispatch();
@@ -583,6 +607,7 @@ impl Message<BatchDone> for Batcher {
             return;
         }
         slot.outstanding.pop_front();
+        slot.stuck_allowed.pop_front();
         slot.in_flight.pop_front();
         slot.running_since = Instant::now();
         if msg.n_items > 0 {

@@ -375,14 +375,15 @@ impl Batcher {
         for index in 0..self.workers.len() {
             let slot = &mut self.workers[index];
             let device = &self.state.devices[index];
-            let (Some(&predicted), Some(&allowed)) = (slot.outstanding.front(), slot.stuck_allowed.front()) else {
+            let running = slot
+                .outstanding
+                .front()
+                .zip(slot.stuck_allowed.front())
+                .filter(|_| slot.actor.is_some());
+            let Some((&predicted, &allowed)) = running else {
                 *lock(&device.stuck_deadline) = None;
                 continue;
             };
-            if slot.actor.is_none() {
-                *lock(&device.stuck_deadline) = None;
-                continue;
-            }
             let allowed = timeout.max(allowed);
             let due = slot.running_since + allowed;
             *lock(&device.stuck_deadline) = Some(due);

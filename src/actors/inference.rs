@@ -232,6 +232,20 @@ fn shorten(filler: &Encoded, seq: usize) -> Encoded {
     }
 }
 
+impl InferenceActor {
+    /// The device is free again: what to tell the batcher the batch (or warm-up) cost.
+    fn finish(&self, n_items: usize, padded_tokens: usize, started: Instant) -> BatchDone {
+        self.state.devices[self.index].set_state(DeviceState::Ready);
+        BatchDone {
+            index: self.index,
+            actor: self.id,
+            n_items,
+            padded_tokens,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
 impl Message<RunBatch> for InferenceActor {
     type Reply = ();
 
@@ -244,14 +258,7 @@ impl Message<RunBatch> for InferenceActor {
             if let Err(err) = run_warmup(self.engine.as_mut(), &self.filler, batch_size, seq) {
                 tracing::warn!(device = self.index, error = %err, "warm-up after ready failed");
             }
-            device.set_state(DeviceState::Ready);
-            let done = BatchDone {
-                index: self.index,
-                actor: self.id,
-                n_items: 0,
-                padded_tokens: msg.padded_tokens,
-                elapsed: started.elapsed(),
-            };
+            let done = self.finish(0, msg.padded_tokens, started);
             let _ = self.batcher.tell(done).send().await;
             return;
         }
@@ -260,18 +267,8 @@ impl Message<RunBatch> for InferenceActor {
             for item in msg.items {
                 item.fail(ServeError::ShuttingDown);
             }
-            device.set_state(DeviceState::Ready);
-            let _ = self
-                .batcher
-                .tell(BatchDone {
-                    index: self.index,
-                    actor: self.id,
-                    n_items: 0,
-                    padded_tokens: 0,
-                    elapsed: started.elapsed(),
-                })
-                .send()
-                .await;
+            let done = self.finish(0, 0, started);
+            let _ = self.batcher.tell(done).send().await;
             return;
         }
         let (live, dead): (Vec<Item>, Vec<Item>) = msg.items.into_iter().partition(|item| item.pending.is_live(Instant::now()));
@@ -312,14 +309,7 @@ impl Message<RunBatch> for InferenceActor {
             device.inputs.fetch_add(n_live as u64, Ordering::Relaxed);
             self.state.record_batch(n_live, msg.padded_tokens, msg.real_tokens);
         }
-        device.set_state(DeviceState::Ready);
-        let done = BatchDone {
-            index: self.index,
-            actor: self.id,
-            n_items: n_live,
-            padded_tokens: msg.padded_tokens,
-            elapsed: started.elapsed(),
-        };
+        let done = self.finish(n_live, msg.padded_tokens, started);
         let _ = self.batcher.tell(done).send().await;
     }
 }

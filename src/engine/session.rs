@@ -99,15 +99,19 @@ pub fn environment(path: &Path) -> Result<Environment, EngineError> {
     Ok(env)
 }
 
-/// The ONNX Runtime version of the loaded library: from its build string when that names a release, else from the
-/// library's file name (`libonnxruntime.so.1.32.0`), else the whole build string (which carries the commit id).
-pub fn ort_version() -> String {
-    let library = ENVIRONMENT
+/// The ONNX Runtime library this process loaded, if it loaded one.
+fn loaded_library() -> Option<PathBuf> {
+    ENVIRONMENT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .as_ref()
-        .map(|(path, _)| path.clone());
-    let resolved = library.and_then(|path| path.canonicalize().ok()).unwrap_or_default();
+        .map(|(path, _)| path.clone())
+}
+
+/// The ONNX Runtime version of the loaded library: from its build string when that names a release, else from the
+/// library's file name (`libonnxruntime.so.1.32.0`), else the whole build string (which carries the commit id).
+pub fn ort_version() -> String {
+    let resolved = loaded_library().and_then(|path| path.canonicalize().ok()).unwrap_or_default();
     ep::ort_version(ort::info(), &resolved)
 }
 
@@ -596,12 +600,7 @@ fn prepare_trt_cache(model: &ModelInfo, device: &DeviceConfig) -> Result<TrtCach
     } else {
         model.graph_inputs.clone()
     };
-    let library = ENVIRONMENT
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .as_ref()
-        .map(|(path, _)| path.clone());
-    let host = BuildHost::probe(device.device_id, library.as_deref());
+    let host = BuildHost::probe(device.device_id, loaded_library().as_deref());
     tracing::info!(?host, "TensorRT engine cache key");
     let key = CacheKey {
         weights_sha: &weights_sha,

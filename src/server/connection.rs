@@ -79,13 +79,12 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
             }
             Ok(request) => {
                 let refused = match &request.op {
-                    Op::Embed(embed) => refusal(&handle, embed, received).map(|err| (embed.priority, err)),
+                    Op::Embed(embed) => refusal(&handle, embed, received),
                     _ => None,
                 };
-                if let Some((priority, err)) = refused {
+                if let Some(err) = refused {
                     // Answered here, without a task: while stopping, and under overload for most requests.
                     let code = error_code(&err);
-                    handle.state.record_reply(Some(priority), received.elapsed(), 0, 0, Some(code));
                     permit.send(encode(&ErrorReply::new(request.id, code, err.to_string())));
                     continue;
                 }
@@ -195,12 +194,18 @@ pub(crate) async fn serve_embed(handle: &DaemonHandle, embed: EmbedRequest, rece
 }
 
 /// An embed request the daemon refuses before doing any work on it: read while the daemon is stopping
-/// (`shutting_down`), or refused by [`DaemonHandle::refusal`].
+/// (`shutting_down`), or refused by [`DaemonHandle::refusal`]. A refusal is recorded in the status figures here,
+/// for every transport.
 pub(crate) fn refusal(handle: &DaemonHandle, embed: &EmbedRequest, received: Instant) -> Option<ServeError> {
-    if handle.state.phase() == Phase::Stopping {
-        return Some(ServeError::ShuttingDown);
-    }
-    handle.refusal(embed.priority, deadline(embed, received))
+    let err = if handle.state.phase() == Phase::Stopping {
+        ServeError::ShuttingDown
+    } else {
+        handle.refusal(embed.priority, deadline(embed, received))?
+    };
+    handle
+        .state
+        .record_reply(Some(embed.priority), received.elapsed(), 0, 0, Some(error_code(&err)));
+    Some(err)
 }
 
 /// A request's deadline, counted from receipt.

@@ -232,9 +232,6 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         cache: request.cache.unwrap_or(true),
     };
     if let Some(err) = connection::refusal(&app.handle, &embed, received) {
-        app.handle
-            .state
-            .record_reply(Some(embed.priority), received.elapsed(), 0, 0, Some(connection::error_code(&err)));
         return Err(ApiError::from_serve(&err));
     }
     let state = &app.handle.state;

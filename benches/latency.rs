@@ -9,24 +9,18 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+
 use akidb::client::{Client, EmbedParams};
+use common::{percentile, repo};
 use serde_json::json;
 use tokio::time::Instant;
 
 const TEXT: &str = "the robot picks up the red cup from the kitchen table";
 const ROUNDS: usize = 600;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
 
 /// One `POST /v1/embeddings` on a kept-alive connection; returns the response body.
 fn http_embed(stream: &mut BufReader<TcpStream>, body: &str) -> String {

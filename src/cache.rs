@@ -12,15 +12,14 @@
 //! (its Clock-PRO / S3-FIFO policy keeps entries that are hit again over a stream of one-off entries: a bulk
 //! re-index does not flush the hot commands). What this module is not: a cache of replies, or of tokenization.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, Weighter};
 use sha2::{Digest, Sha256};
 
-use crate::protocol::message::CacheStats;
+use crate::protocol::message::{CacheStats, ModelCacheStats};
 
 /// Bytes an entry costs beyond its key and vector (the cache's slot, the Arc, counters): an estimate that keeps
 /// the byte budget honest for small vectors.
@@ -32,6 +31,8 @@ pub(crate) type CacheKey = [u8; 32];
 /// One cached result: what a run of the model gave for one input.
 #[derive(Debug)]
 pub(crate) struct Cached {
+    /// Which served model computed it (its index, the default model first).
+    pub model: usize,
     /// The pooled vector at full dimension, not normalized.
     pub vector: Box<[f32]>,
     /// Tokens after truncation, prompt and special tokens included.
@@ -44,9 +45,10 @@ pub(crate) struct Cached {
 pub(crate) struct EmbedCache {
     store: Option<Cache<CacheKey, Arc<Cached>, ByteWeighter, DefaultHashBuilder, Evictions>>,
     max_bytes: u64,
-    evictions: Arc<AtomicU64>,
-    /// Hits and misses per model name.
-    counters: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// The served models' names, by index.
+    models: Vec<String>,
+    /// Per model: hits, misses and evictions.
+    counters: Arc<Vec<[AtomicU64; 3]>>,
 }
 
 impl std::fmt::Debug for EmbedCache {
@@ -58,16 +60,21 @@ impl std::fmt::Debug for EmbedCache {
 #[derive(Clone)]
 struct ByteWeighter;
 
-/// Counts entries evicted to make room.
+/// Counts entries evicted to make room, per model.
 #[derive(Clone)]
-struct Evictions(Arc<AtomicU64>);
+struct Evictions(Arc<Vec<[AtomicU64; 3]>>);
+
+const HITS: usize = 0;
+const MISSES: usize = 1;
+const EVICTIONS: usize = 2;
 
 // === impl EmbedCache ===
 
 impl EmbedCache {
-    /// A cache of at most `max_bytes` (0: off), sized for vectors of about `dim` floats.
-    pub fn new(max_bytes: u64, dim: usize) -> EmbedCache {
-        let evictions = Arc::new(AtomicU64::new(0));
+    /// A cache of at most `max_bytes` (0: off) shared by the named models, sized for vectors of about `dim`
+    /// floats.
+    pub fn new(max_bytes: u64, dim: usize, models: Vec<String>) -> EmbedCache {
+        let counters: Arc<Vec<[AtomicU64; 3]>> = Arc::new(models.iter().map(|_| Default::default()).collect());
         let entry_bytes = 32 + ENTRY_OVERHEAD + 4 * dim as u64;
         let store = (max_bytes > 0).then(|| {
             let estimated_items = usize::try_from((max_bytes / entry_bytes).max(16)).unwrap_or(usize::MAX);
@@ -76,14 +83,14 @@ impl EmbedCache {
                 max_bytes,
                 ByteWeighter,
                 DefaultHashBuilder::default(),
-                Evictions(evictions.clone()),
+                Evictions(counters.clone()),
             )
         });
         EmbedCache {
             store,
             max_bytes,
-            evictions,
-            counters: Mutex::new(BTreeMap::new()),
+            models,
+            counters,
         }
     }
 
@@ -104,16 +111,11 @@ impl EmbedCache {
         hasher.finalize().into()
     }
 
-    /// Looks `key` up for `model`, counting a hit or a miss.
-    pub fn get(&self, model: &str, key: &CacheKey) -> Option<Arc<Cached>> {
+    /// Looks `key` up for model `model` (its index), counting a hit or a miss.
+    pub fn get(&self, model: usize, key: &CacheKey) -> Option<Arc<Cached>> {
         let found = self.store.as_ref().and_then(|store| store.get(key));
-        let mut counters = crate::actors::state::lock(&self.counters);
-        let entry = counters.entry(model.to_owned()).or_default();
-        if found.is_some() {
-            entry.0 += 1;
-        } else {
-            entry.1 += 1;
-        }
+        let counter = if found.is_some() { HITS } else { MISSES };
+        self.counters[model][counter].fetch_add(1, Ordering::Relaxed);
         found
     }
 
@@ -124,22 +126,37 @@ impl EmbedCache {
         }
     }
 
-    /// The figures `status.cache` reports: totals, and hits and misses per model.
+    /// The figures `status.cache` reports: totals, and per model (its entries and bytes counted by walking the
+    /// store: `status` is rare, and the walk takes about a millisecond per 10,000 entries).
     pub fn stats(&self) -> CacheStats {
-        let counters = crate::actors::state::lock(&self.counters).clone();
-        let (hits, misses) = counters.values().fold((0, 0), |(h, m), (hits, misses)| (h + hits, m + misses));
+        let mut per_model: Vec<ModelCacheStats> = self
+            .counters
+            .iter()
+            .map(|c| ModelCacheStats {
+                hits: c[HITS].load(Ordering::Relaxed),
+                misses: c[MISSES].load(Ordering::Relaxed),
+                evictions: c[EVICTIONS].load(Ordering::Relaxed),
+                ..ModelCacheStats::default()
+            })
+            .collect();
+        if let Some(store) = &self.store {
+            for (key, value) in store.iter() {
+                if let Some(stats) = per_model.get_mut(value.model) {
+                    stats.entries += 1;
+                    stats.bytes += ByteWeighter.weight(&key, &value);
+                }
+            }
+        }
+        let sum = |f: fn(&ModelCacheStats) -> u64| per_model.iter().map(f).sum::<u64>();
         CacheStats {
             enabled: self.enabled(),
             max_bytes: self.max_bytes,
             bytes: self.store.as_ref().map_or(0, |s| s.weight()),
             entries: self.store.as_ref().map_or(0, |s| s.len() as u64),
-            hits,
-            misses,
-            evictions: self.evictions.load(Ordering::Relaxed),
-            per_model: counters
-                .into_iter()
-                .map(|(model, (hits, misses))| (model, crate::protocol::message::ModelCacheStats { hits, misses }))
-                .collect(),
+            hits: sum(|m| m.hits),
+            misses: sum(|m| m.misses),
+            evictions: sum(|m| m.evictions),
+            per_model: self.models.iter().cloned().zip(per_model).collect(),
         }
     }
 }
@@ -153,8 +170,10 @@ impl Weighter<CacheKey, Arc<Cached>> for ByteWeighter {
 impl Lifecycle<CacheKey, Arc<Cached>> for Evictions {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut Self::RequestState, _key: CacheKey, _value: Arc<Cached>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: CacheKey, value: Arc<Cached>) {
+        if let Some(counters) = self.0.get(value.model) {
+            counters[EVICTIONS].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -164,6 +183,7 @@ mod tests {
 
     fn cached(dim: usize, seed: f32) -> Cached {
         Cached {
+            model: 0,
             vector: vec![seed; dim].into_boxed_slice(),
             tokens: 3,
             truncated: false,
@@ -191,7 +211,7 @@ mod tests {
     fn the_byte_budget_holds_and_evictions_are_counted() {
         let dim = 384;
         let entry = 32 + ENTRY_OVERHEAD + 4 * dim as u64;
-        let cache = EmbedCache::new(100 * entry, dim);
+        let cache = EmbedCache::new(100 * entry, dim, vec!["m".into()]);
         for i in 0..1000u32 {
             cache.insert(EmbedCache::key("m", None, true, &i.to_string()), cached(dim, i as f32));
         }
@@ -199,13 +219,50 @@ mod tests {
         assert!(stats.bytes <= 100 * entry, "{} bytes over the budget", stats.bytes);
         assert!(stats.entries > 50 && stats.entries <= 100, "{} entries", stats.entries);
         assert_eq!(stats.evictions, 1000 - stats.entries);
+        assert_eq!(stats.per_model["m"].entries, stats.entries);
+        assert_eq!(stats.per_model["m"].bytes, stats.bytes);
+    }
+
+    #[test]
+    fn models_share_the_budget_and_are_counted_apart() {
+        let entry = |dim: u64| 32 + ENTRY_OVERHEAD + 4 * dim;
+        let cache = EmbedCache::new(50 * entry(1024), 384, vec!["small".into(), "big".into()]);
+        for i in 0..20u32 {
+            let key = EmbedCache::key("small", None, true, &i.to_string());
+            cache.insert(
+                key,
+                Cached {
+                    model: 0,
+                    ..cached(384, 1.0)
+                },
+            );
+            let key = EmbedCache::key("big", None, true, &i.to_string());
+            cache.insert(
+                key,
+                Cached {
+                    model: 1,
+                    ..cached(1024, 1.0)
+                },
+            );
+        }
+        assert!(cache
+            .get(0, &EmbedCache::key("small", None, true, "3"))
+            .is_some_and(|c| c.vector.len() == 384));
+        assert!(cache
+            .get(1, &EmbedCache::key("big", None, true, "3"))
+            .is_some_and(|c| c.vector.len() == 1024));
+        let stats = cache.stats();
+        let (small, big) = (stats.per_model["small"], stats.per_model["big"]);
+        assert_eq!((small.entries, big.entries, small.hits, big.hits), (20, 20, 1, 1));
+        assert_eq!((small.bytes, big.bytes), (20 * entry(384), 20 * entry(1024)));
+        assert_eq!(stats.bytes, small.bytes + big.bytes);
     }
 
     #[test]
     fn a_scan_does_not_flush_the_hot_entries() {
         let dim = 64;
         let entry = 32 + ENTRY_OVERHEAD + 4 * dim as u64;
-        let cache = EmbedCache::new(200 * entry, dim);
+        let cache = EmbedCache::new(200 * entry, dim, vec!["m".into()]);
         let hot: Vec<CacheKey> = (0..50).map(|i| EmbedCache::key("m", None, true, &format!("hot {i}"))).collect();
         for key in &hot {
             cache.insert(*key, cached(dim, 1.0));
@@ -213,26 +270,26 @@ mod tests {
         // The hot set is used again and again...
         for _ in 0..3 {
             for key in &hot {
-                assert!(cache.get("m", key).is_some());
+                assert!(cache.get(0, key).is_some());
             }
         }
         // ... then a bulk re-index streams 20 times the cache's size of one-off texts through it.
         for i in 0..4000 {
             let key = EmbedCache::key("m", None, true, &format!("bulk {i}"));
-            if cache.get("m", &key).is_none() {
+            if cache.get(0, &key).is_none() {
                 cache.insert(key, cached(dim, 2.0));
             }
         }
-        let kept = hot.iter().filter(|key| cache.get("m", key).is_some()).count();
+        let kept = hot.iter().filter(|key| cache.get(0, key).is_some()).count();
         assert!(kept >= 45, "only {kept} of 50 hot entries survived the scan");
     }
 
     #[test]
     fn off_means_nothing_stored_and_every_lookup_a_miss() {
-        let cache = EmbedCache::new(0, 384);
+        let cache = EmbedCache::new(0, 384, vec!["m".into()]);
         let key = EmbedCache::key("m", None, true, "x");
         cache.insert(key, cached(384, 1.0));
-        assert!(cache.get("m", &key).is_none());
+        assert!(cache.get(0, &key).is_none());
         let stats = cache.stats();
         assert_eq!((stats.enabled, stats.entries, stats.misses), (false, 0, 1));
     }

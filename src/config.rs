@@ -77,8 +77,11 @@ pub const DEFAULT_TRT_BUILDER_OPT_LEVEL: u8 = 3;
 pub struct Config {
     /// Socket and connection limits.
     pub server: ServerConfig,
-    /// Which model to serve, and overrides of what its directory says.
+    /// Which model to serve, and overrides of what its directory says (one model; see `models`).
     pub model: ModelConfig,
+    /// `[[models]]`: several models in one daemon, each with the keys of `[model]` and a name; the first is the
+    /// default model. When given, `[model]` must be left out.
+    pub models: Vec<ModelConfig>,
     /// Where the ONNX Runtime library is.
     pub ort: OrtConfig,
     /// One entry per inference device; empty means one CPU device.
@@ -189,6 +192,8 @@ pub struct ModelConfig {
     pub normalize: Option<bool>,
     /// Override of `config.json` `hidden_size`.
     pub dimension: Option<usize>,
+    /// Indexes into `[[devices]]` of the devices that hold a session of this model; default: all.
+    pub devices: Option<Vec<usize>>,
 }
 
 /// How token vectors become one sentence vector. The vocabulary of `model.pooling` and of the engine's model
@@ -397,6 +402,27 @@ impl Config {
         }
     }
 
+    /// The models to serve, the default one first: `[[models]]`, else the one `[model]`.
+    pub fn effective_models(&self) -> Vec<ModelConfig> {
+        if self.models.is_empty() {
+            vec![self.model.clone()]
+        } else {
+            self.models.clone()
+        }
+    }
+
+    /// Serves only the model in `dir` (what `--model DIR` asks for), with the other settings of the default
+    /// model (as `--model` always did for `[model]`).
+    pub fn serve_only(&mut self, dir: PathBuf) {
+        let first = self.effective_models().swap_remove(0);
+        self.models.clear();
+        self.model = ModelConfig {
+            dir,
+            devices: None,
+            ..first
+        };
+    }
+
     /// The socket path to listen on.
     pub fn socket_path(&self) -> PathBuf {
         self.server.socket.clone().unwrap_or_else(default_socket_path)
@@ -433,22 +459,45 @@ impl Config {
                 ),
             );
         }
-        let model = &self.model;
-        check(!model.dir.as_os_str().is_empty(), "model.dir must not be empty".into());
-        if let Some(pooling) = &model.pooling {
+        if !self.models.is_empty() && self.model != ModelConfig::default() {
             check(
-                Pooling::parse(pooling).is_some(),
-                format!("model.pooling {pooling:?} is not one of \"mean\", \"cls\", \"last_token\""),
+                false,
+                "[model] and [[models]] are exclusive: with several models, describe each in [[models]]".into(),
             );
         }
-        check(model.max_seq_length != Some(0), "model.max_seq_length must be at least 1".into());
-        if let Some(file) = &model.file {
+        let n_devices = self.effective_devices().len();
+        let models = self.effective_models();
+        let prefix = |i: usize| {
+            if self.models.is_empty() {
+                "model".to_owned()
+            } else {
+                format!("models[{i}]")
+            }
+        };
+        let mut names: Vec<String> = Vec::new();
+        let mut served = vec![false; n_devices];
+        for (i, model) in models.iter().enumerate() {
+            model.validate(&prefix(i), n_devices, &mut check);
+            let name = model.display_name();
             check(
-                file.is_relative() && !file.components().any(|c| c == std::path::Component::ParentDir),
-                format!("model.file {} must be a path inside model.dir", file.display()),
+                !names.contains(&name),
+                format!(
+                    "{}: the name {name:?} is used twice (set `name` to tell the models apart)",
+                    prefix(i)
+                ),
+            );
+            names.push(name);
+            match &model.devices {
+                Some(list) => list.iter().filter(|&&d| d < n_devices).for_each(|&d| served[d] = true),
+                None => served.iter_mut().for_each(|s| *s = true),
+            }
+        }
+        for (index, served) in served.iter().enumerate() {
+            check(
+                *served,
+                format!("devices[{index}] holds no model: list it in some model's `devices`"),
             );
         }
-        check(model.dimension != Some(0), "model.dimension must be at least 1".into());
         for (idx, device) in self.devices.iter().enumerate() {
             device.validate(idx, &mut check);
         }
@@ -695,6 +744,60 @@ impl Default for HttpConfig {
     }
 }
 
+impl ModelConfig {
+    /// The name clients use: `name`, else the directory's name.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.dir
+                .canonicalize()
+                .unwrap_or_else(|_| self.dir.clone())
+                .file_name()
+                .map_or_else(|| "model".to_owned(), |n| n.to_string_lossy().into_owned())
+        })
+    }
+
+    fn validate(&self, prefix: &str, n_devices: usize, check: &mut impl FnMut(bool, String)) {
+        check(!self.dir.as_os_str().is_empty(), format!("{prefix}.dir must not be empty"));
+        check(
+            self.name.as_ref().is_none_or(|n| !n.is_empty()),
+            format!("{prefix}.name must not be empty"),
+        );
+        if let Some(pooling) = &self.pooling {
+            check(
+                Pooling::parse(pooling).is_some(),
+                format!("{prefix}.pooling {pooling:?} is not one of \"mean\", \"cls\", \"last_token\""),
+            );
+        }
+        check(
+            self.max_seq_length != Some(0),
+            format!("{prefix}.max_seq_length must be at least 1"),
+        );
+        if let Some(file) = &self.file {
+            check(
+                file.is_relative() && !file.components().any(|c| c == std::path::Component::ParentDir),
+                format!("{prefix}.file {} must be a path inside {prefix}.dir", file.display()),
+            );
+        }
+        check(self.dimension != Some(0), format!("{prefix}.dimension must be at least 1"));
+        if let Some(devices) = &self.devices {
+            check(
+                !devices.is_empty(),
+                format!("{prefix}.devices must list at least one device (or be left out: all)"),
+            );
+            for &d in devices {
+                check(
+                    d < n_devices,
+                    format!("{prefix}.devices: there is no device {d} ({n_devices} configured, counted from 0)"),
+                );
+            }
+            let mut sorted = devices.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            check(sorted.len() == devices.len(), format!("{prefix}.devices lists a device twice"));
+        }
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
@@ -705,6 +808,7 @@ impl Default for ModelConfig {
             pooling: None,
             normalize: None,
             dimension: None,
+            devices: None,
         }
     }
 }
@@ -795,7 +899,12 @@ impl fmt::Display for EpKind {
 pub fn summary(config: &Config) -> BTreeMap<&'static str, String> {
     let mut out = BTreeMap::new();
     out.insert("socket", config.socket_path().display().to_string());
-    out.insert("model", config.model.dir.display().to_string());
+    let models: Vec<String> = config
+        .effective_models()
+        .iter()
+        .map(|m| format!("{} ({})", m.display_name(), m.dir.display()))
+        .collect();
+    out.insert("models", models.join(", "));
     let devices: Vec<String> = config.effective_devices().iter().map(|d| d.ep.to_string()).collect();
     out.insert("devices", devices.join(", "));
     out
@@ -832,6 +941,70 @@ mod tests {
     fn empty_file_is_the_default_and_valid() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config, Config::default());
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn several_models_are_described_and_checked_at_once() {
+        let text = r#"
+            [[devices]]
+            ep = "cpu"
+            [[devices]]
+            ep = "cpu"
+            [[models]]
+            dir = "models/small"
+            devices = [0]
+            [[models]]
+            name = "big"
+            dir = "models/qwen"
+            file = "onnx/model.onnx"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+        let models = config.effective_models();
+        assert_eq!(
+            models.iter().map(ModelConfig::display_name).collect::<Vec<_>>(),
+            vec!["small", "big"]
+        );
+        assert_eq!(models[0].devices, Some(vec![0]));
+
+        let bad = r#"
+            [model]
+            dir = "models/x"
+            [[models]]
+            dir = "models/a"
+            devices = [3, 0, 0]
+            [[models]]
+            dir = "elsewhere/a"
+            devices = []
+            [[models]]
+            dir = "models/b"
+            pooling = "max"
+        "#;
+        let errors = Config::from_toml(bad).unwrap().validate().unwrap_err().0.join("\n");
+        for expected in [
+            "[model] and [[models]] are exclusive",
+            "models[0].devices: there is no device 3",
+            "models[0].devices lists a device twice",
+            "models[1]: the name \"a\" is used twice",
+            "models[1].devices must list at least one device",
+            "models[2].pooling \"max\"",
+        ] {
+            assert!(errors.contains(expected), "missing {expected:?} in:\n{errors}");
+        }
+
+        let idle = "[[devices]]\nep = \"cpu\"\n[[devices]]\nep = \"cpu\"\n[[models]]\ndir = \"m\"\ndevices = [1]\n";
+        let errors = Config::from_toml(idle).unwrap().validate().unwrap_err().0.join("\n");
+        assert!(errors.contains("devices[0] holds no model"), "{errors}");
+    }
+
+    #[test]
+    fn the_model_flag_serves_one_model() {
+        let mut config = Config::from_toml("[[models]]\ndir = \"a\"\nmax_seq_length = 64\n[[models]]\ndir = \"b\"\n").unwrap();
+        config.serve_only(PathBuf::from("c"));
+        let models = config.effective_models();
+        assert_eq!(models.len(), 1);
+        assert_eq!((models[0].dir.as_path(), models[0].max_seq_length), (Path::new("c"), Some(64)));
         config.validate().unwrap();
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::{self, DaemonState, Phase, SupervisorArgs};
+use crate::actors::{self, DaemonState, Phase, ServedModel, SupervisorArgs};
 use crate::config::Config;
 use crate::engine::{self, EngineError, ModelInfo, TextTokenizer};
 use crate::server::{self, ConnectionPolicy};
@@ -35,18 +35,25 @@ pub enum DaemonError {
 
 /// Runs the daemon until `shutdown` resolves (with the name of what asked for it), then stops gracefully.
 pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -> Result<(), DaemonError> {
-    let model = ModelInfo::load(&config.model).map_err(DaemonError::Model)?;
-    if let Some(said) = model.max_tokens_uncapped {
-        tracing::warn!(
-            model = %model.name,
-            directory_says = said,
-            serving = model.max_tokens,
-            "the model directory's max_seq_length is capped (set model.max_seq_length to serve longer inputs)"
-        );
+    let mut models = Vec::new();
+    for model_config in config.effective_models() {
+        let model = ModelInfo::load(&model_config).map_err(DaemonError::Model)?;
+        if let Some(said) = model.max_tokens_uncapped {
+            tracing::warn!(
+                model = %model.name,
+                directory_says = said,
+                serving = model.max_tokens,
+                "the model directory's max_seq_length is capped (set model.max_seq_length to serve longer inputs)"
+            );
+        }
+        let tokenizer = Arc::new(TextTokenizer::load(&model).map_err(DaemonError::Model)?);
+        models.push(ServedModel {
+            info: Arc::new(model),
+            tokenizer,
+        });
     }
     let library = engine::ort_library_path(&config.ort);
     let env = engine::environment(&library).map_err(DaemonError::Runtime)?;
-    let tokenizer = Arc::new(TextTokenizer::load(&model).map_err(DaemonError::Model)?);
     let socket = config.socket_path();
     let bound = match systemd::activated_socket() {
         Ok(Some(fd)) => {
@@ -71,19 +78,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     };
     let devices = config.effective_devices();
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
-    let cache = Arc::new(crate::cache::EmbedCache::new(config.cache.max_bytes, model.dim));
-    let state = Arc::new(DaemonState::new(model.clone(), &kinds, cache));
+    let infos: Vec<ModelInfo> = models.iter().map(|m| m.info.as_ref().clone()).collect();
+    let names: Vec<String> = infos.iter().map(|m| m.name.clone()).collect();
+    let largest_dim = infos.iter().map(|m| m.dim).max().unwrap_or(0);
+    let cache = Arc::new(crate::cache::EmbedCache::new(config.cache.max_bytes, largest_dim, names.clone()));
+    let model_devices: Vec<Vec<usize>> = config
+        .effective_models()
+        .iter()
+        .map(|m| m.devices.clone().unwrap_or_else(|| (0..devices.len()).collect()))
+        .collect();
+    let state = Arc::new(DaemonState::new(infos, model_devices, &kinds, cache));
     state
         .realtime_bound_ms
         .store(config.batcher.realtime_max_wait_ms, std::sync::atomic::Ordering::Relaxed);
-    tracing::info!(socket = %socket.display(), model = %model.name, dim = model.dim, devices = ?kinds, ort = %engine::ort_version(), "akidbd starting");
+    tracing::info!(socket = %socket.display(), models = ?names, devices = ?kinds, ort = %engine::ort_version(), "akidbd starting");
     systemd::status(&format!("warming up {} device(s)", devices.len()));
 
     let started = actors::start(SupervisorArgs {
         config: config.clone(),
         env,
-        model,
-        tokenizer,
+        models: models.into(),
         state: state.clone(),
     })
     .await;
@@ -142,7 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                      longer (status.realtime says what to expect)"
                 );
             }
-            let status = format!("ready: {} device(s), model {}", kinds.len(), state.model.name);
+            let status = format!("ready: {} device(s), model(s) {}", kinds.len(), names.join(", "));
             tracing::info!("{status}");
             systemd::ready(&status);
             let keeper = tokio::spawn(keep_alive(started.clone_for_heartbeat(), state.clone()));

@@ -99,7 +99,7 @@ fn load_config(args: &Args) -> Result<Config, String> {
         config.server.socket = Some(socket.clone());
     }
     if let Some(model) = &args.model {
-        config.model.dir = model.clone();
+        config.serve_only(model.clone());
     }
     if let Some(http) = &args.http {
         config.http.listen = Some(http.clone());

@@ -62,6 +62,7 @@ pub fn prometheus_text(status: &StatusBody) -> String {
     gauge(&mut registry, "padding_ratio", "Padded tokens per real token", status.padding_ratio);
     gauge(&mut registry, "mean_batch_size", "Mean inputs per batch", status.mean_batch_size);
     register_devices(&mut registry, status);
+    register_models(&mut registry, status);
     let cache = &status.cache;
     counter(&mut registry, "cache_hits", "Inputs answered from the embedding cache", cache.hits);
     counter(
@@ -120,6 +121,68 @@ fn register_devices(registry: &mut Registry, status: &StatusBody) {
         temperature,
     );
     registry.register("device_power_watts", "Device power draw (absent when unknown)", power);
+}
+
+/// Per served model (label `model`): queued inputs and latency per class, cache hits, misses, entries, bytes,
+/// and each device session's memory.
+fn register_models(registry: &mut Registry, status: &StatusBody) {
+    let queued = Family::<Labels, FloatGauge>::default();
+    let latency = Family::<Labels, FloatGauge>::default();
+    let requests = Family::<Labels, FloatGauge>::default();
+    let hits = Family::<Labels, FloatCounter>::default();
+    let misses = Family::<Labels, FloatCounter>::default();
+    let entries = Family::<Labels, FloatGauge>::default();
+    let bytes = Family::<Labels, FloatGauge>::default();
+    for m in &status.models {
+        for (class, n) in &m.queues {
+            queued
+                .get_or_create(&labels(&[("model", &m.name), ("class", class)]))
+                .set(*n as f64);
+        }
+        for (class, p) in &m.latency_ms {
+            requests
+                .get_or_create(&labels(&[("model", &m.name), ("class", class)]))
+                .set(p.count as f64);
+            for (quantile, value) in [("0.5", p.p50), ("0.99", p.p99)] {
+                latency
+                    .get_or_create(&labels(&[("model", &m.name), ("class", class), ("quantile", quantile)]))
+                    .set(value / 1000.0);
+            }
+        }
+        let model = labels(&[("model", &m.name)]);
+        hits.get_or_create(&model).inc_by(m.cache.hits as f64);
+        misses.get_or_create(&model).inc_by(m.cache.misses as f64);
+        entries.get_or_create(&model).set(m.cache.entries as f64);
+        bytes.get_or_create(&model).set(m.cache.bytes as f64);
+    }
+    let memory = Family::<Labels, FloatGauge>::default();
+    for d in &status.devices {
+        for s in &d.sessions {
+            memory
+                .get_or_create(&labels(&[("device", &d.index.to_string()), ("model", &s.model)]))
+                .set(s.memory_bytes as f64);
+        }
+    }
+    registry.register("model_queued_inputs", "Inputs waiting per model and priority class", queued);
+    registry.register(
+        "model_latency_seconds",
+        "Request latency quantiles per model and class over the last 60 s",
+        latency,
+    );
+    registry.register(
+        "model_window_requests",
+        "Requests served per model and class over the last 60 s",
+        requests,
+    );
+    registry.register("model_cache_hits", "Inputs of this model answered from the embedding cache", hits);
+    registry.register("model_cache_misses", "Inputs of this model looked up and computed", misses);
+    registry.register("model_cache_entries", "Vectors of this model in the embedding cache", entries);
+    registry.register("model_cache_bytes", "Bytes this model's vectors take in the embedding cache", bytes);
+    registry.register(
+        "session_memory_bytes",
+        "Resident memory each device's session of a model added when it was built and warmed up",
+        memory,
+    );
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -39,13 +39,8 @@ pub(crate) struct Batcher {
     queues: Queues<Item>,
     workers: Vec<Worker>,
     config: BatcherConfig,
-    /// Measured milliseconds per padded token (exponential moving average).
-    ms_per_token: Option<f64>,
-    /// Measured run time of a batch (exponential moving average).
-    batch_time: Option<Duration>,
-    /// Measured run time per input of batches formed under load (at least `LOADED_BATCH` inputs; moving average):
-    /// the cost of draining a queue.
-    input_cost: Option<Duration>,
+    /// Per model, what its batches cost.
+    costs: Vec<Cost>,
     state: Arc<DaemonState>,
     self_ref: ActorRef<Batcher>,
     wake_at: Option<Instant>,
@@ -61,13 +56,27 @@ pub(crate) struct Batcher {
     last_work: Instant,
 }
 
+/// The measured cost of one model's batches (exponential moving averages).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    /// Milliseconds per padded token.
+    ms_per_token: Option<f64>,
+    /// Run time of a batch.
+    batch_time: Option<Duration>,
+    /// Run time per input of batches formed under load (at least `LOADED_BATCH` inputs): the cost of draining a
+    /// queue.
+    input_cost: Option<Duration>,
+}
+
 struct Worker {
+    /// Per model, whether this device holds a session of it.
+    holds: Vec<bool>,
     /// Batches this device may have prepared ahead: `accelerator_prefetch` once it runs on an accelerator, 0 on
     /// the CPU (and until it reports its provider).
     prefetch: usize,
     accelerator_prefetch: usize,
-    /// Warm-up shapes (inputs, tokens) to run while the device is idle.
-    warmups: VecDeque<(usize, usize)>,
+    /// Warm-up shapes (model, inputs, tokens) to run while the device is idle.
+    warmups: VecDeque<(usize, usize, usize)>,
     actor: Option<ActorRef<InferenceActor>>,
     /// Predicted run time of each batch sent and not yet done, oldest (running) first.
     outstanding: VecDeque<Duration>,
@@ -87,6 +96,8 @@ pub(crate) struct BatcherArgs {
     pub state: Arc<DaemonState>,
     /// Batches prepared ahead, per device, when it runs on an accelerator (`batcher.prefetch`).
     pub prefetch: Vec<usize>,
+    /// Per model, the devices that hold it.
+    pub model_devices: Vec<Vec<usize>>,
 }
 
 /// A request's inputs, all queued or none.
@@ -101,14 +112,15 @@ pub(crate) struct WorkerUp {
     pub actor: ActorRef<InferenceActor>,
     /// The provider the device's session really runs on (prefetch is for accelerators only).
     pub ep: EpKind,
-    /// Warm-up shapes (inputs, tokens) left for after READY: sent while the device is idle.
-    pub warmups: Vec<(usize, usize)>,
+    /// Warm-up shapes (model, inputs, tokens) left for after READY: sent while the device is idle.
+    pub warmups: Vec<(usize, usize, usize)>,
 }
 
 /// An inference actor finished a batch.
 pub(crate) struct BatchDone {
     pub index: usize,
     pub actor: ActorId,
+    pub model: usize,
     pub n_items: usize,
     pub padded_tokens: usize,
     pub elapsed: Duration,
@@ -116,6 +128,7 @@ pub(crate) struct BatchDone {
 
 /// A timing measured during warm-up.
 pub(crate) struct CostSample {
+    pub model: usize,
     pub padded_tokens: usize,
     pub elapsed: Duration,
 }
@@ -163,7 +176,9 @@ impl Actor for Batcher {
             workers: args
                 .prefetch
                 .iter()
-                .map(|&prefetch| Worker {
+                .enumerate()
+                .map(|(index, &prefetch)| Worker {
+                    holds: args.model_devices.iter().map(|devices| devices.contains(&index)).collect(),
                     prefetch: 0,
                     accelerator_prefetch: prefetch,
                     warmups: VecDeque::new(),
@@ -177,9 +192,7 @@ impl Actor for Batcher {
                 })
                 .collect(),
             config: args.config,
-            ms_per_token: None,
-            batch_time: None,
-            input_cost: None,
+            costs: vec![Cost::default(); args.model_devices.len()],
             state: args.state,
             self_ref: actor_ref,
             wake_at: None,
@@ -199,8 +212,9 @@ impl Batcher {
         self.last_realtime.is_some_and(|at| at.elapsed() < horizon)
     }
 
-    /// The budget of a class's next batch; `None` while the class is paused (bulk in the soft thermal state).
-    fn budget(&self, class: Priority, realtime_active: bool) -> Option<Budget> {
+    /// The budget of a class's next batch of `model`; `None` while the class is paused (bulk in the soft thermal
+    /// state).
+    fn budget(&self, class: Priority, model: usize, realtime_active: bool) -> Option<Budget> {
         let thermal = self.thermal.0;
         if class == Priority::Bulk && thermal >= ThermalState::Soft {
             return None;
@@ -210,7 +224,7 @@ impl Batcher {
             max_tokens = (max_tokens / 2).max(1);
         }
         if class != Priority::Realtime && realtime_active {
-            if let Some(ms_per_token) = self.ms_per_token {
+            if let Some(ms_per_token) = self.costs[model].ms_per_token {
                 let allowed = self.config.realtime_max_wait_ms as f64 / ms_per_token.max(1e-9);
                 max_tokens = max_tokens.min(allowed as usize).max(1);
             }
@@ -223,33 +237,41 @@ impl Batcher {
         })
     }
 
-    fn record_cost(&mut self, padded_tokens: usize, elapsed: Duration) {
+    fn record_cost(&mut self, model: usize, padded_tokens: usize, elapsed: Duration) {
         if padded_tokens == 0 {
             return;
         }
-        self.batch_time = Some(self.batch_time.map_or(elapsed, |ema| ema.mul_f64(0.8) + elapsed.mul_f64(0.2)));
+        let cost = &mut self.costs[model];
+        cost.batch_time = Some(cost.batch_time.map_or(elapsed, |ema| ema.mul_f64(0.8) + elapsed.mul_f64(0.2)));
         let sample = elapsed.as_secs_f64() * 1000.0 / padded_tokens as f64;
-        self.ms_per_token = Some(match self.ms_per_token {
+        cost.ms_per_token = Some(match cost.ms_per_token {
             Some(ema) => 0.8 * ema + 0.2 * sample,
             None => sample,
         });
     }
 
     /// Publishes the queue lengths and, per class, the estimated wait of an input queued now: until the first
-    /// device is free, plus the inputs queued at or above its priority at the measured cost per input, shared by
-    /// the devices.
+    /// device is free, plus the inputs queued at or above its priority at their model's measured cost per input,
+    /// shared by the devices.
     fn update_gauges(&self) {
         let now = Instant::now();
         let live: Vec<&Worker> = self.workers.iter().filter(|w| w.actor.is_some() && !w.lost).collect();
         let first_free = live.iter().map(|w| w.busy_until.saturating_duration_since(now)).min();
-        let mut ahead = 0;
+        let mut ahead = Duration::ZERO;
+        let mut known = false;
         for class in Priority::ALL {
-            let queued = self.queues.len(class);
-            ahead += queued;
-            self.state.queued[class.index()].store(queued as u64, Ordering::Relaxed);
-            let backlog = match (self.input_cost, first_free) {
-                (Some(cost), Some(first_free)) => first_free + cost.mul_f64(ahead as f64 / live.len() as f64),
-                _ => Duration::ZERO,
+            self.state.queued[class.index()].store(self.queues.len(class) as u64, Ordering::Relaxed);
+            for (model, cost) in self.costs.iter().enumerate() {
+                let queued = self.queues.model_len(class, model);
+                self.state.queued_by_model[model][class.index()].store(queued as u64, Ordering::Relaxed);
+                if let Some(input_cost) = cost.input_cost {
+                    ahead += input_cost.mul_f64(queued as f64);
+                    known = true;
+                }
+            }
+            let backlog = match first_free.filter(|_| known) {
+                Some(first_free) => first_free + ahead.div_f64(live.len() as f64),
+                None => Duration::ZERO,
             };
             self.state.backlog_us[class.index()].store(backlog.as_micros() as u64, Ordering::Relaxed);
         }
@@ -260,14 +282,15 @@ impl Batcher {
     }
 
     /// An idle device, else a busy one whose running batch is about to end and that may get a batch prepared
-    /// ahead. When a device will be ready for its prepared batch only later, a wake-up is scheduled for then.
-    fn free_worker(&mut self, realtime_active: bool) -> Option<usize> {
+    /// ahead (devices in `skip` found nothing they hold to run). When a device will be ready for its prepared
+    /// batch only later, a wake-up is scheduled for then.
+    fn free_worker(&mut self, realtime_active: bool, skip: &[bool]) -> Option<usize> {
         let now = Instant::now();
         let mut earliest: Option<Instant> = None;
         let mut best: Option<usize> = None;
         for (index, worker) in self.workers.iter().enumerate() {
             let limit = if realtime_active { 1 } else { 1 + worker.prefetch };
-            if worker.actor.is_none() || worker.lost || worker.outstanding.len() >= limit {
+            if skip[index] || worker.actor.is_none() || worker.lost || worker.outstanding.len() >= limit {
                 continue;
             }
             if worker.outstanding.is_empty() {
@@ -315,13 +338,14 @@ impl Batcher {
     /// mostly on short shapes, while attention makes a token of a long row dearer: on the 0.6B decoder on this
     /// CPU a 3,150-token input ran 5x longer than the per-token prediction. Scale: 1 + seq / s0, with s0 half the
     /// model's width (at least 256 tokens).
-    fn stuck_allowance(&self, predicted: Duration, seq: usize) -> Duration {
-        let s0 = (self.state.model.dim / 2).max(256) as f64;
+    fn stuck_allowance(&self, model: usize, predicted: Duration, seq: usize) -> Duration {
+        let s0 = (self.state.models[model].dim / 2).max(256) as f64;
         predicted.mul_f64(STUCK_FACTOR * (1.0 + seq as f64 / s0))
     }
 
-    fn predicted(&self, padded_tokens: usize) -> Duration {
-        self.ms_per_token
+    fn predicted(&self, model: usize, padded_tokens: usize) -> Duration {
+        self.costs[model]
+            .ms_per_token
             .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms * padded_tokens as f64 / 1000.0))
     }
 
@@ -428,19 +452,33 @@ impl Batcher {
 
     fn dispatch(&mut self) {
         let realtime_active = self.realtime_active();
+        let mut skip = vec![false; self.workers.len()];
         while !self.queues.is_empty() {
-            let Some(worker) = self.free_worker(realtime_active) else { break };
+            let Some(worker) = self.free_worker(realtime_active, &skip) else {
+                break;
+            };
             if self.should_wait() || (self.workers[worker].outstanding.is_empty() && self.awaiting_refill()) {
                 break;
             }
-            let budgets = Priority::ALL.map(|class| self.budget(class, realtime_active));
+            let budgets: Vec<[Option<Budget>; 3]> = (0..self.costs.len())
+                .map(|model| Priority::ALL.map(|class| self.budget(class, model, realtime_active)))
+                .collect();
             // Inputs whose deadline falls before this batch would end are answered now instead of computed late:
             // under overload this keeps the device on requests that can still be met (no goodput collapse). A
-            // quarter of a batch time of margin: batch times vary, and an input finished late is wasted work.
+            // quarter of a batch time of margin (of the cheapest model's: the batch's model is not known yet):
+            // batch times vary, and an input finished late is wasted work.
             let start = self.workers[worker].busy_until.max(Instant::now());
-            let horizon = start + self.batch_time.unwrap_or(Duration::ZERO).mul_f64(1.25);
-            let Some(picked) = self.queues.pick(horizon, |class| budgets[class.index()]) else {
-                break;
+            let batch_time = self.costs.iter().filter_map(|c| c.batch_time).min().unwrap_or(Duration::ZERO);
+            let horizon = start + batch_time.mul_f64(1.25);
+            let holds = &self.workers[worker].holds;
+            let Some(picked) = self.queues.pick(
+                horizon,
+                |class, model| budgets[model][class.index()],
+                |model| holds.get(model).copied().unwrap_or(false),
+            ) else {
+                // Nothing this device holds is queued; another device may hold what is.
+                skip[worker] = true;
+                continue;
             };
             for item in picked.expired {
                 item.expire();
@@ -448,10 +486,20 @@ impl Batcher {
             if picked.items.is_empty() {
                 continue;
             }
-            let predicted = self.predicted(picked.padded_tokens);
-            let allowed = self.stuck_allowance(predicted, picked.padded_tokens / picked.items.len().max(1));
+            let model = picked.model;
+            let predicted = self.predicted(model, picked.padded_tokens);
+            // Device time is what models share: a model is charged the predicted run time of its batch (its
+            // padded tokens, in microseconds' worth of a nominal token, until its cost is measured).
+            let charge = if predicted.is_zero() {
+                picked.padded_tokens as f64
+            } else {
+                predicted.as_secs_f64() * 1e6
+            };
+            self.queues.charge(picked.class, model, charge);
+            let allowed = self.stuck_allowance(model, predicted, picked.padded_tokens / picked.items.len().max(1));
             let pendings: Vec<Arc<Pending>> = picked.items.iter().map(|item| item.pending.clone()).collect();
             let batch = RunBatch {
+                model,
                 items: picked.items,
                 padded_tokens: picked.padded_tokens,
                 real_tokens: picked.real_tokens,
@@ -504,19 +552,28 @@ impl Batcher {
                 continue;
             }
             let mut next = None;
-            while let Some((batch_size, seq)) = self.workers[index].warmups.pop_front() {
-                let predicted = self.predicted(batch_size * seq);
+            while let Some((model, batch_size, seq)) = self.workers[index].warmups.pop_front() {
+                let predicted = self.predicted(model, batch_size * seq);
                 if predicted <= WARMUP_MAX_RUN {
-                    next = Some((batch_size, seq, predicted));
+                    next = Some((model, batch_size, seq, predicted));
                     break;
                 }
-                tracing::debug!(device = index, batch_size, seq, "warm-up skipped: too long to run while serving");
+                tracing::debug!(
+                    device = index,
+                    model,
+                    batch_size,
+                    seq,
+                    "warm-up skipped: too long to run while serving"
+                );
             }
-            let Some((batch_size, seq, predicted)) = next else { continue };
-            let allowed = self.stuck_allowance(predicted, seq);
+            let Some((model, batch_size, seq, predicted)) = next else {
+                continue;
+            };
+            let allowed = self.stuck_allowance(model, predicted, seq);
             let slot = &mut self.workers[index];
             let actor = slot.actor.as_ref().expect("checked above");
             let batch = RunBatch {
+                model,
                 items: Vec::new(),
                 padded_tokens: batch_size * seq,
                 real_tokens: 0,
@@ -621,10 +678,11 @@ impl Message<BatchDone> for Batcher {
             let wait = (msg.elapsed / 10).min(Duration::from_millis(2));
             self.refill = Some((Instant::now() + wait, msg.n_items));
         }
-        self.record_cost(msg.padded_tokens, msg.elapsed);
+        self.record_cost(msg.model, msg.padded_tokens, msg.elapsed);
         if msg.n_items >= LOADED_BATCH {
             let sample = msg.elapsed / msg.n_items as u32;
-            self.input_cost = Some(self.input_cost.map_or(sample, |ema| ema.mul_f64(0.8) + sample.mul_f64(0.2)));
+            let cost = &mut self.costs[msg.model];
+            cost.input_cost = Some(cost.input_cost.map_or(sample, |ema| ema.mul_f64(0.8) + sample.mul_f64(0.2)));
         }
         self.dispatch();
     }
@@ -634,7 +692,7 @@ impl Message<CostSample> for Batcher {
     type Reply = ();
 
     async fn handle(&mut self, msg: CostSample, _ctx: &mut Context<Self, Self::Reply>) {
-        self.record_cost(msg.padded_tokens, msg.elapsed);
+        self.record_cost(msg.model, msg.padded_tokens, msg.elapsed);
     }
 }
 

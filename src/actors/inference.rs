@@ -1,7 +1,8 @@
-//! The inference actor: one per device, on its own OS thread, owning one ONNX Runtime session.
+//! The inference actor: one per device, on its own OS thread, owning one ONNX Runtime session per model the
+//! device holds.
 //!
-//! It builds its session and warms it up in `on_start` (for TensorRT this is where engines are built or loaded
-//! from the cache), then runs the batches the batcher sends. Runs block the actor's thread, never a tokio worker.
+//! It builds its sessions and warms them up in `on_start` (for TensorRT this is where engines are built or loaded
+//! from the cache), then runs the batches the batcher sends (each batch is of one model). Runs block the actor's thread, never a tokio worker.
 //! When a run panics, kameo's supervision restarts the actor: `on_start` runs again, counts the restart, waits a
 //! backoff and rebuilds the session. The batch that was running is answered `internal` by its items' `Drop`.
 
@@ -17,9 +18,9 @@ use tokio::time::Instant;
 
 use super::batcher::{BatchDone, Batcher, CostSample, WorkerUp};
 use super::state::{lock, DaemonState, DeviceState, Phase};
-use super::{Item, ServeError};
+use super::{Item, ServeError, ServedModel};
 use crate::config::{DeviceConfig, EpKind};
-use crate::engine::{Embedder, Encoded, EngineError, ModelInfo, OrtEngine, SharedTokenizer};
+use crate::engine::{Embedder, Encoded, EngineError, OrtEngine};
 
 /// How a device's first start went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +40,10 @@ pub(crate) struct InferenceArgs {
     pub index: usize,
     pub device: DeviceConfig,
     pub env: Environment,
-    pub model: ModelInfo,
-    pub tokenizer: SharedTokenizer,
+    /// Every served model, by index.
+    pub models: Arc<[ServedModel]>,
+    /// The indexes of the models this device holds a session of.
+    pub holds: Vec<usize>,
     pub batcher: ActorRef<Batcher>,
     pub state: Arc<DaemonState>,
     pub warmup_seq_lengths: Vec<usize>,
@@ -52,11 +55,17 @@ pub(crate) struct InferenceArgs {
 pub(crate) struct InferenceActor {
     index: usize,
     id: kameo::actor::ActorId,
+    /// By model index: the session of each model this device holds.
+    sessions: Vec<Option<Session>>,
+    batcher: ActorRef<Batcher>,
+    state: Arc<DaemonState>,
+}
+
+/// One model's session on this device.
+struct Session {
     engine: Box<dyn Embedder>,
     /// A long input of the model, cut to each warm-up length (also for the warm-ups run after READY).
     filler: Encoded,
-    batcher: ActorRef<Batcher>,
-    state: Arc<DaemonState>,
 }
 
 /// Answers once the actor has finished what was sent before it: the watchdog's proof that the device is not hung.
@@ -64,6 +73,8 @@ pub(crate) struct Heartbeat;
 
 /// A batch to run.
 pub(crate) struct RunBatch {
+    /// The model all its inputs are for.
+    pub model: usize,
     pub items: Vec<Item>,
     pub padded_tokens: usize,
     pub real_tokens: usize,
@@ -96,7 +107,7 @@ impl Actor for InferenceActor {
             );
             tokio::time::sleep(backoff).await;
         }
-        let (engine, filler, warmups) = match build_and_warm_up(&args) {
+        let (sessions, warmups) = match build_and_warm_up(&args) {
             Ok(warmed) => warmed,
             Err((message, model_error)) => {
                 tracing::error!(device = args.index, error = %message, "inference device could not start");
@@ -111,16 +122,21 @@ impl Actor for InferenceActor {
                 return Err(message);
             }
         };
-        *lock(&device.ep) = engine.active_ep().to_string();
-        *lock(&device.precision) = Some(engine.precision().to_owned());
-        *lock(&device.stopper) = engine.run_stopper();
+        // The device's provider is its first session's: every session on a device is built with the same
+        // provider chain.
+        let first = sessions.iter().flatten().next().map(|s| s.engine.as_ref());
+        let ep = first.map_or(EpKind::Cpu, |engine| engine.active_ep());
+        *lock(&device.ep) = ep.to_string();
+        let mut precisions: Vec<&str> = sessions.iter().flatten().map(|s| s.engine.precision()).collect();
+        precisions.dedup();
+        *lock(&device.precision) = Some(precisions.join(","));
         device.set_state(DeviceState::Ready);
         let _ = args
             .batcher
             .tell(WorkerUp {
                 index: args.index,
                 actor: actor_ref.clone(),
-                ep: engine.active_ep(),
+                ep,
                 warmups,
             })
             .send()
@@ -131,8 +147,7 @@ impl Actor for InferenceActor {
         Ok(InferenceActor {
             index: args.index,
             id: actor_ref.id(),
-            engine,
-            filler,
+            sessions,
             batcher: args.batcher,
             state: args.state,
         })
@@ -144,26 +159,52 @@ fn restart_backoff(restarts: u64) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1 << restarts.saturating_sub(1).min(6))).min(Duration::from_secs(5))
 }
 
-/// What a device brings up: its engine, the filler its warm-ups are cut from, and the warm-up shapes (inputs,
-/// tokens) left for after READY.
-type Warmed = (Box<dyn Embedder>, Encoded, Vec<(usize, usize)>);
+/// What a device brings up: its sessions by model index, and the warm-up shapes (model, inputs, tokens) left for
+/// after READY.
+type Warmed = (Vec<Option<Session>>, Vec<(usize, usize, usize)>);
 
-/// Builds the session and runs it at the warm-up shapes due before READY (see `batcher.warmup_after_ready`),
-/// reporting the cost to the batcher. An error says whether the model is at fault (true) rather than the device.
-fn build_and_warm_up(args: &InferenceArgs) -> Result<Warmed, (String, bool)> {
-    let started = Instant::now();
+/// Builds the session of every model the device holds, one after the other, and runs each at the warm-up shapes
+/// due before READY (see `batcher.warmup_after_ready`), reporting the cost to the batcher. An error says whether
+/// the model is at fault (true) rather than the device.
+fn build_and_warm_up(args: &InferenceArgs) -> Result<Warmed, StartError> {
     #[cfg(feature = "fault-injection")]
     if let Some(ms) = std::env::var("AKIDB_FAULT_WARMUP_MS").ok().and_then(|v| v.parse().ok()) {
         // Test hook: a slow warm-up, to observe the daemon while it is "starting".
         std::thread::sleep(Duration::from_millis(ms));
     }
+    let mut sessions: Vec<Option<Session>> = (0..args.models.len()).map(|_| None).collect();
+    let mut later = Vec::new();
+    let mut built = Vec::new();
+    for &model in &args.holds {
+        let before = crate::memory::resident_bytes();
+        let (session, shapes) = build_session(args, model)?;
+        // What the warm-up freed is not the session's.
+        crate::memory::release_free_memory();
+        let memory = crate::memory::resident_bytes().saturating_sub(before);
+        built.push((model, memory, session.engine.precision().to_owned()));
+        later.extend(shapes.into_iter().map(|(batch_size, seq)| (model, batch_size, seq)));
+        sessions[model] = Some(session);
+    }
+    *lock(&args.state.devices[args.index].sessions) = built;
+    Ok((sessions, later))
+}
+
+/// A device's start-up error, and whether the model (not the device) is at fault.
+type StartError = (String, bool);
+
+/// Builds one model's session and warms it up; returns it and the warm-up shapes (inputs, tokens) left for after
+/// READY.
+fn build_session(args: &InferenceArgs, model: usize) -> Result<(Session, Vec<(usize, usize)>), StartError> {
+    let started = Instant::now();
+    let served = &args.models[model];
+    let info = &served.info;
     let mut engine = Box::new(
-        OrtEngine::load(&args.env, args.model.clone(), args.tokenizer.clone(), &args.device)
-            .map_err(|e| (e.to_string(), matches!(e, EngineError::Model { .. })))?,
+        OrtEngine::load(&args.env, info.as_ref().clone(), served.tokenizer.clone(), &args.device)
+            .map_err(|e| (format!("model {}: {e}", info.name), matches!(e, EngineError::Model { .. })))?,
     );
-    let filler = args
+    let filler = served
         .tokenizer
-        .encode(&"robot ".repeat(args.model.max_tokens), true)
+        .encode(&"robot ".repeat(info.max_tokens), true)
         .map_err(|e| (e.to_string(), true))?;
     let shapes: Vec<(usize, usize)> = args
         .warmup_seq_lengths
@@ -185,6 +226,7 @@ fn build_and_warm_up(args: &InferenceArgs) -> Result<Warmed, (String, bool)> {
         let _ = args
             .batcher
             .tell(CostSample {
+                model,
                 padded_tokens: batch_size * seq,
                 elapsed,
             })
@@ -195,19 +237,18 @@ fn build_and_warm_up(args: &InferenceArgs) -> Result<Warmed, (String, bool)> {
     let run_started = Instant::now();
     engine.run(&[&short]).map_err(|e| (format!("warm-up at 1x16 failed: {e}"), false))?;
     let smallest_us = run_started.elapsed().as_micros() as u64;
-    args.state.devices[args.index]
-        .smallest_batch_us
-        .store(smallest_us.max(1), Ordering::Relaxed);
+    args.state.devices[args.index].smallest_batch_us[model].store(smallest_us.max(1), Ordering::Relaxed);
     engine.commit_engine_cache();
     tracing::info!(
         device = args.index,
+        model = %info.name,
         ep = %engine.active_ep(),
         warmup_ms = started.elapsed().as_millis() as u64,
         after_ready = shapes.len() - now,
-        "inference device ready"
+        "session ready"
     );
     let later = shapes[now..].to_vec();
-    Ok((engine, filler, later))
+    Ok((Session { engine, filler }, later))
 }
 
 /// Runs one warm-up shape and returns how long it took.
@@ -234,11 +275,12 @@ fn shorten(filler: &Encoded, seq: usize) -> Encoded {
 
 impl InferenceActor {
     /// The device is free again: what to tell the batcher the batch (or warm-up) cost.
-    fn finish(&self, n_items: usize, padded_tokens: usize, started: Instant) -> BatchDone {
+    fn finish(&self, model: usize, n_items: usize, padded_tokens: usize, started: Instant) -> BatchDone {
         self.state.devices[self.index].set_state(DeviceState::Ready);
         BatchDone {
             index: self.index,
             actor: self.id,
+            model,
             n_items,
             padded_tokens,
             elapsed: started.elapsed(),
@@ -253,12 +295,26 @@ impl Message<RunBatch> for InferenceActor {
         let device = &self.state.devices[self.index];
         device.set_state(DeviceState::Busy);
         let started = Instant::now();
+        let model = msg.model;
+        let Some(session) = self.sessions.get_mut(model).and_then(Option::as_mut) else {
+            // The batcher sends a device only the models it holds.
+            for item in msg.items {
+                item.fail(ServeError::Internal(format!(
+                    "device {} holds no session of this model",
+                    self.index
+                )));
+            }
+            let done = self.finish(model, 0, 0, started);
+            let _ = self.batcher.tell(done).send().await;
+            return;
+        };
+        *lock(&device.stopper) = session.engine.run_stopper();
         if let Some((batch_size, seq)) = msg.warmup {
             // A warm-up left for after READY, sent while the device was idle.
-            if let Err(err) = run_warmup(self.engine.as_mut(), &self.filler, batch_size, seq) {
+            if let Err(err) = run_warmup(session.engine.as_mut(), &session.filler, batch_size, seq) {
                 tracing::warn!(device = self.index, error = %err, "warm-up after ready failed");
             }
-            let done = self.finish(0, msg.padded_tokens, started);
+            let done = self.finish(model, 0, msg.padded_tokens, started);
             let _ = self.batcher.tell(done).send().await;
             return;
         }
@@ -267,7 +323,7 @@ impl Message<RunBatch> for InferenceActor {
             for item in msg.items {
                 item.fail(ServeError::ShuttingDown);
             }
-            let done = self.finish(0, 0, started);
+            let done = self.finish(model, 0, 0, started);
             let _ = self.batcher.tell(done).send().await;
             return;
         }
@@ -280,7 +336,7 @@ impl Message<RunBatch> for InferenceActor {
         let n_live = live.len();
         if n_live > 0 {
             let batch: Vec<&Encoded> = live.iter().map(|item| &item.encoded).collect();
-            let result = self.engine.run(&batch);
+            let result = session.engine.run(&batch);
             let elapsed_us = started.elapsed().as_micros() as u64;
             match result {
                 Ok(vectors) => {
@@ -309,7 +365,7 @@ impl Message<RunBatch> for InferenceActor {
             device.inputs.fetch_add(n_live as u64, Ordering::Relaxed);
             self.state.record_batch(n_live, msg.padded_tokens, msg.real_tokens);
         }
-        let done = self.finish(n_live, msg.padded_tokens, started);
+        let done = self.finish(model, n_live, msg.padded_tokens, started);
         let _ = self.batcher.tell(done).send().await;
     }
 }

@@ -1,6 +1,11 @@
 //! The actors: a supervisor that owns one inference actor per device and a batcher that feeds them.
 //!
-//! [`DaemonHandle`] is the door the server uses: it tokenizes a request, hands its inputs to the batcher and waits
+//! Several models may be served: each device holds one session per model assigned to it, and the one batcher
+//! schedules every model's work across the devices that hold it (class first, then fair shares of device time
+//! between models; see `queue`).
+//!
+//! [`DaemonHandle`] is the door the server uses: it answers what the cache has, tokenizes the rest with the
+//! requested model's tokenizer, hands its inputs to the batcher and waits
 //! for the one reply. Each input travels as an [`Item`] that holds a share of its request; whatever happens to the
 //! item (computed, expired, dropped in a panicking actor), the request is answered exactly once, because the reply
 //! sender sits in the request and an item that is dropped unanswered fails its request (see `Item`'s `Drop`).
@@ -22,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::cache::{CacheKey, Cached, EmbedCache};
-use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, SharedTokenizer};
+use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, ModelInfo, SharedTokenizer};
 use crate::protocol::Priority;
 pub(crate) use state::{DaemonState, Phase};
 pub(crate) use supervisor::{start, Heartbeats, SupervisorArgs};
@@ -47,9 +52,18 @@ pub(crate) struct EmbedJob {
     pub received: Instant,
 }
 
+/// One served model: what it is and its tokenizer.
+#[derive(Debug, Clone)]
+pub(crate) struct ServedModel {
+    pub info: Arc<ModelInfo>,
+    pub tokenizer: SharedTokenizer,
+}
+
 /// A served embed request.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct EmbedDone {
+    /// The model that served it (its index).
+    pub model: usize,
     pub embeddings: Vec<Vec<f32>>,
     pub tokens: usize,
     pub truncated: Vec<usize>,
@@ -88,7 +102,9 @@ pub(crate) struct Pending {
     deadline: Option<Instant>,
     received: Instant,
     options: EmbedOptions,
-    model: Arc<crate::engine::ModelInfo>,
+    model: Arc<ModelInfo>,
+    /// The model's index.
+    model_index: usize,
     /// Where computed vectors are stored, with the key of each input that missed (None: not to be stored).
     cache: Option<(Arc<EmbedCache>, Vec<Option<CacheKey>>)>,
     inner: Mutex<PendingInner>,
@@ -135,8 +151,8 @@ pub(crate) enum Fault {
 #[derive(Clone)]
 pub(crate) struct DaemonHandle {
     pub state: Arc<DaemonState>,
-    tokenizer: SharedTokenizer,
-    model: Arc<crate::engine::ModelInfo>,
+    /// The served models, the default first.
+    models: Arc<[ServedModel]>,
     batcher: ActorRef<Batcher>,
 }
 
@@ -154,10 +170,11 @@ impl DaemonHandle {
         if let Some(err) = self.refusal(job.priority, job.deadline) {
             return Err(err);
         }
-        self.check_model(job.model.as_deref())?;
-        check_dimensions(&job.options, &self.model).map_err(engine_to_serve)?;
-        let prompt = self
-            .model
+        let index = self.state.model_index(job.model.as_deref()).map_err(ServeError::UnknownModel)?;
+        let served = &self.models[index];
+        let model = &served.info;
+        check_dimensions(&job.options, model).map_err(engine_to_serve)?;
+        let prompt = model
             .resolve_prompt(job.prompt_name.as_deref(), job.prompt.as_deref())
             .map_err(engine_to_serve)?;
         // The cache answers what it has; only the inputs it misses are tokenized and queued.
@@ -165,27 +182,26 @@ impl DaemonHandle {
         let keys: Vec<Option<CacheKey>> = job
             .inputs
             .iter()
-            .map(|text| (job.use_cache && cache.enabled()).then(|| EmbedCache::key(&self.model.name, prompt, job.options.truncate, text)))
+            .map(|text| (job.use_cache && cache.enabled()).then(|| EmbedCache::key(&model.name, prompt, job.options.truncate, text)))
             .collect();
-        let hits: Vec<Option<Arc<Cached>>> = keys
-            .iter()
-            .map(|key| key.as_ref().and_then(|key| cache.get(&self.model.name, key)))
-            .collect();
+        let hits: Vec<Option<Arc<Cached>>> = keys.iter().map(|key| key.as_ref().and_then(|key| cache.get(index, key))).collect();
         let misses: Vec<usize> = (0..job.inputs.len()).filter(|&i| hits[i].is_none()).collect();
         if misses.is_empty() {
-            return Ok(self.answer_from_cache(&job, &hits));
+            return Ok(answer_from_cache(&job, index, model, &hits));
         }
         let texts: Vec<String> = misses.iter().map(|&i| job.inputs[i].clone()).collect();
-        let encoded = self.tokenize(texts, prompt, job.options.truncate).await.map_err(|err| match err {
-            // Name the input by its index in the request, not among the misses.
-            ServeError::InputTooLong { index, max_tokens } => ServeError::InputTooLong {
-                index: misses[index],
-                max_tokens,
-            },
-            other => other,
-        })?;
+        let encoded = tokenize(&served.tokenizer, texts, prompt, job.options.truncate)
+            .await
+            .map_err(|err| match err {
+                // Name the input by its index in the request, not among the misses.
+                ServeError::InputTooLong { index, max_tokens } => ServeError::InputTooLong {
+                    index: misses[index],
+                    max_tokens,
+                },
+                other => other,
+            })?;
         let (sender, receiver) = oneshot::channel();
-        let items = self.items(&job, &misses, encoded, &hits, keys, sender);
+        let items = self.items(&job, index, &misses, encoded, &hits, keys, sender);
         let n_items = items.len();
         if let Err(err) = self
             .batcher
@@ -214,33 +230,6 @@ impl DaemonHandle {
         outcome.unwrap_or_else(|_| Err(ServeError::Internal("the request was lost inside the daemon".into())))
     }
 
-    /// A request every input of which was in the cache: answered here, without the batcher.
-    fn answer_from_cache(&self, job: &EmbedJob, hits: &[Option<Arc<Cached>>]) -> EmbedDone {
-        let cached: Vec<&Cached> = hits.iter().flatten().map(Arc::as_ref).collect();
-        EmbedDone {
-            embeddings: cached
-                .iter()
-                .map(|c| finish_vector(c.vector.to_vec(), &job.options, &self.model))
-                .collect(),
-            tokens: cached.iter().map(|c| c.tokens).sum(),
-            truncated: cached.iter().enumerate().filter(|(_, c)| c.truncated).map(|(i, _)| i).collect(),
-            queue_us: 0,
-            inference_us: 0,
-        }
-    }
-
-    /// `unknown_model` unless `asked` is the model this daemon serves (or absent).
-    fn check_model(&self, asked: Option<&str>) -> Result<(), ServeError> {
-        match asked {
-            Some(name) if name != self.model.name => Err(ServeError::UnknownModel(format!(
-                "unknown model {:?} (this daemon serves: {})",
-                name.chars().take(64).collect::<String>(),
-                self.model.name
-            ))),
-            _ => Ok(()),
-        }
-    }
-
     /// Why an embed request of this class and deadline would be refused before any work is done on it: the
     /// daemon is still starting, or (under overload) the work queued ahead already reaches past its deadline.
     /// Cheap, so that the server can answer such requests without starting a task for them.
@@ -254,49 +243,39 @@ impl DaemonHandle {
         late.then_some(ServeError::DeadlineExceeded)
     }
 
-    async fn tokenize(&self, texts: Vec<String>, prompt: Option<&str>, truncate: bool) -> Result<Vec<Encoded>, ServeError> {
-        let total_bytes: usize = texts.iter().map(String::len).sum::<usize>() + prompt.map_or(0, str::len) * texts.len();
-        let result = if total_bytes <= INLINE_TOKENIZE_BYTES {
-            self.tokenizer.encode_all(&texts, prompt, truncate)
-        } else {
-            let tokenizer = self.tokenizer.clone();
-            let prompt = prompt.map(str::to_owned);
-            tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, prompt.as_deref(), truncate))
-                .await
-                .map_err(|e| ServeError::Internal(format!("tokenizer task failed: {e}")))?
-        };
-        result.map_err(engine_to_serve)
-    }
-
     /// The items of the inputs that missed the cache (`misses`: their indices in the request, in order), with the
     /// cache's answers for the others already in place.
+    #[allow(clippy::too_many_arguments)]
     fn items(
         &self,
         job: &EmbedJob,
+        index: usize,
         misses: &[usize],
         encoded: Vec<Encoded>,
         hits: &[Option<Arc<Cached>>],
         keys: Vec<Option<CacheKey>>,
         sender: oneshot::Sender<Reply>,
     ) -> Vec<Item> {
+        let model = &self.models[index].info;
         let n = job.inputs.len();
         let mut results = vec![None; n];
         let mut inputs = vec![(0, false); n];
-        for (index, hit) in hits.iter().enumerate() {
+        for (i, hit) in hits.iter().enumerate() {
             if let Some(hit) = hit {
-                results[index] = Some(finish_vector(hit.vector.to_vec(), &job.options, &self.model));
-                inputs[index] = (hit.tokens, hit.truncated);
+                results[i] = Some(finish_vector(hit.vector.to_vec(), &job.options, model));
+                inputs[i] = (hit.tokens, hit.truncated);
             }
         }
-        for (&index, encoded) in misses.iter().zip(&encoded) {
-            inputs[index] = (encoded.ids.len(), encoded.truncated);
+        for (&i, encoded) in misses.iter().zip(&encoded) {
+            inputs[i] = (encoded.ids.len(), encoded.truncated);
         }
         let store = keys.iter().any(Option::is_some).then(|| (self.state.cache.clone(), keys));
         let pending = Arc::new(Pending {
             deadline: job.deadline,
             received: job.received,
             options: job.options,
-            model: self.model.clone(),
+            model: model.clone(),
+            model_index: index,
             cache: store,
             inner: Mutex::new(PendingInner {
                 reply: Some(sender),
@@ -313,16 +292,52 @@ impl DaemonHandle {
         misses
             .iter()
             .zip(encoded)
-            .map(|(&index, encoded)| Item {
+            .map(|(&i, encoded)| Item {
                 pending: pending.clone(),
-                index,
+                index: i,
                 encoded,
                 answered: false,
                 #[cfg(feature = "fault-injection")]
-                fault: Fault::parse(&job.inputs[index]),
+                fault: Fault::parse(&job.inputs[i]),
             })
             .collect()
     }
+}
+
+/// A request every input of which was in the cache: answered here, without the batcher.
+fn answer_from_cache(job: &EmbedJob, index: usize, model: &ModelInfo, hits: &[Option<Arc<Cached>>]) -> EmbedDone {
+    let cached: Vec<&Cached> = hits.iter().flatten().map(Arc::as_ref).collect();
+    EmbedDone {
+        model: index,
+        embeddings: cached
+            .iter()
+            .map(|c| finish_vector(c.vector.to_vec(), &job.options, model))
+            .collect(),
+        tokens: cached.iter().map(|c| c.tokens).sum(),
+        truncated: cached.iter().enumerate().filter(|(_, c)| c.truncated).map(|(i, _)| i).collect(),
+        queue_us: 0,
+        inference_us: 0,
+    }
+}
+
+/// Tokenizes a request's inputs with its model's tokenizer: inline when small, on the blocking pool otherwise.
+async fn tokenize(
+    tokenizer: &SharedTokenizer,
+    texts: Vec<String>,
+    prompt: Option<&str>,
+    truncate: bool,
+) -> Result<Vec<Encoded>, ServeError> {
+    let total_bytes: usize = texts.iter().map(String::len).sum::<usize>() + prompt.map_or(0, str::len) * texts.len();
+    let result = if total_bytes <= INLINE_TOKENIZE_BYTES {
+        tokenizer.encode_all(&texts, prompt, truncate)
+    } else {
+        let tokenizer = tokenizer.clone();
+        let prompt = prompt.map(str::to_owned);
+        tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, prompt.as_deref(), truncate))
+            .await
+            .map_err(|e| ServeError::Internal(format!("tokenizer task failed: {e}")))?
+    };
+    result.map_err(engine_to_serve)
 }
 
 fn engine_to_serve(err: EngineError) -> ServeError {
@@ -365,6 +380,7 @@ impl Pending {
                     cache.insert(
                         key,
                         Cached {
+                            model: self.model_index,
                             vector: vector.clone().into_boxed_slice(),
                             tokens,
                             truncated,
@@ -389,6 +405,7 @@ impl Pending {
             .first_start
             .map_or(0, |start| start.saturating_duration_since(self.received).as_micros() as u64);
         let done = EmbedDone {
+            model: self.model_index,
             embeddings,
             tokens: inner.tokens,
             truncated: std::mem::take(&mut inner.truncated),
@@ -437,6 +454,10 @@ impl queue::Queued for Item {
 
     fn received(&self) -> Instant {
         self.pending.received
+    }
+
+    fn model(&self) -> usize {
+        self.pending.model_index
     }
 }
 

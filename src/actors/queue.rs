@@ -1,9 +1,16 @@
-//! Batch assembly: bounded per-class queues and the choice of which inputs run together.
+//! Batch assembly: bounded queues per priority class and model, and the choice of which inputs run together.
 //!
 //! Pure data structure, no actors and no time source of its own, so that its invariants are unit- and
-//! property-tested: a batch never exceeds its token budget or size (unless one input alone does), realtime is
-//! always taken first, every queued item leaves exactly once (in a batch or as expired), and inputs of similar
-//! length are grouped so that padding stays low.
+//! property-tested: a batch never exceeds its token budget or size (unless one input alone does) and holds one
+//! model, realtime work of any model is always taken before normal and bulk work of any model, every queued item
+//! leaves exactly once (in a batch or as expired), and inputs of similar length are grouped so that padding stays
+//! low.
+//!
+//! Within a class, models share the devices fairly by device time: each model's queue is charged what its batches
+//! cost (the batcher charges the predicted run time in microseconds), and the next batch is taken from the model
+//! charged least. A model whose queue was empty keeps at most [`JOIN_CREDIT`] of what it is owed: its clients
+//! waiting for the batch that emptied its queue lose nothing, and a model idle for long gets a bounded burst
+//! rather than the device for as long as it was away.
 
 use std::collections::VecDeque;
 
@@ -20,6 +27,8 @@ pub(crate) trait Queued {
     fn is_live(&self, horizon: Instant) -> bool;
     /// When its request was received.
     fn received(&self) -> Instant;
+    /// The model it is for (its index).
+    fn model(&self) -> usize;
 }
 
 /// The limits of one batch.
@@ -39,6 +48,7 @@ pub(crate) struct Budget {
 #[derive(Debug)]
 pub(crate) struct Picked<T> {
     pub class: Priority,
+    pub model: usize,
     pub items: Vec<T>,
     /// Items found dead while picking; the caller answers them.
     pub expired: Vec<T>,
@@ -48,19 +58,65 @@ pub(crate) struct Picked<T> {
     pub real_tokens: usize,
 }
 
-/// One bounded FIFO per priority class.
+/// Per priority class, one bounded FIFO per model.
 #[derive(Debug)]
 pub(crate) struct Queues<T> {
-    classes: [VecDeque<T>; 3],
+    classes: [ClassQueues<T>; 3],
+    /// Per class, the most items queued per model.
     capacity: [usize; 3],
 }
+
+/// The queues of one class.
+#[derive(Debug)]
+struct ClassQueues<T> {
+    /// By model index (grown on first use).
+    models: Vec<VecDeque<T>>,
+    /// Device time charged to each model's batches of this class (any unit, the same for all).
+    charged: Vec<f64>,
+}
+
+/// The most device time (µs, the batcher's unit of charge) a model whose queue was empty may be behind the least
+/// charged queued model when it queues again: 100 ms.
+pub(crate) const JOIN_CREDIT: f64 = 100_000.0;
 
 /// How far past the oldest item the picker looks for inputs of similar length, in multiples of the batch size.
 const WINDOW_FACTOR: usize = 4;
 
 // === impl Queues ===
 
+impl<T> Default for ClassQueues<T> {
+    fn default() -> Self {
+        ClassQueues {
+            models: Vec::new(),
+            charged: Vec::new(),
+        }
+    }
+}
+
+impl<T: Queued> ClassQueues<T> {
+    fn len(&self) -> usize {
+        self.models.iter().map(VecDeque::len).sum()
+    }
+
+    /// The queue of `model`, created empty if it is new.
+    fn queue_mut(&mut self, model: usize) -> &mut VecDeque<T> {
+        if self.models.len() <= model {
+            self.models.resize_with(model + 1, VecDeque::new);
+            self.charged.resize(model + 1, 0.0);
+        }
+        &mut self.models[model]
+    }
+
+    /// Models with queued items, least charged first (lower index first among equals).
+    fn by_charge(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.models.len()).filter(|&m| !self.models[m].is_empty()).collect();
+        order.sort_by(|&a, &b| self.charged[a].total_cmp(&self.charged[b]).then(a.cmp(&b)));
+        order
+    }
+}
+
 impl<T: Queued> Queues<T> {
+    /// `capacity`: per class (realtime, normal, bulk), the most inputs queued for each model.
     pub fn new(capacity: [usize; 3]) -> Queues<T> {
         Queues {
             classes: Default::default(),
@@ -68,65 +124,107 @@ impl<T: Queued> Queues<T> {
         }
     }
 
-    /// Queued items of a class.
+    /// Queued items of a class, all models.
     pub fn len(&self, class: Priority) -> usize {
         self.classes[class.index()].len()
     }
 
+    /// Queued items of a class for one model.
+    pub fn model_len(&self, class: Priority, model: usize) -> usize {
+        self.classes[class.index()].models.get(model).map_or(0, VecDeque::len)
+    }
+
     /// Queued items of every class.
     pub fn total_len(&self) -> usize {
-        self.classes.iter().map(VecDeque::len).sum()
+        self.classes.iter().map(ClassQueues::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.classes.iter().all(VecDeque::is_empty)
+        self.classes.iter().all(|c| c.models.iter().all(VecDeque::is_empty))
     }
 
-    /// Queues all of a request's items, or none of them when they do not fit.
+    /// Queues all of a request's items (one model's), or none of them when they do not fit.
     pub fn push(&mut self, class: Priority, items: Vec<T>) -> Result<(), Vec<T>> {
-        let queue = &mut self.classes[class.index()];
-        if queue.len() + items.len() > self.capacity[class.index()] {
+        let Some(model) = items.first().map(Queued::model) else {
+            return Ok(());
+        };
+        let capacity = self.capacity[class.index()];
+        let queues = &mut self.classes[class.index()];
+        // A model that had nothing queued joins at most JOIN_CREDIT behind the least charged of those queued.
+        let floor = queues.by_charge().first().map(|&m| queues.charged[m] - JOIN_CREDIT);
+        let queue = queues.queue_mut(model);
+        if queue.len() + items.len() > capacity {
             return Err(items);
         }
+        let was_empty = queue.is_empty();
         queue.extend(items);
+        if let Some(floor) = floor.filter(|_| was_empty) {
+            queues.charged[model] = queues.charged[model].max(floor);
+        }
         Ok(())
+    }
+
+    /// Charges `model` the cost of a batch of `class` it was given.
+    pub fn charge(&mut self, class: Priority, model: usize, cost: f64) {
+        let queues = &mut self.classes[class.index()];
+        queues.queue_mut(model);
+        queues.charged[model] += cost;
     }
 
     /// When the oldest queued item's request was received.
     pub fn oldest_received(&self) -> Option<Instant> {
-        self.classes.iter().filter_map(|q| q.front().map(Queued::received)).min()
+        self.classes
+            .iter()
+            .flat_map(|c| c.models.iter())
+            .filter_map(|q| q.front().map(Queued::received))
+            .min()
     }
 
     /// Takes every item of one class out.
     pub fn drain_class(&mut self, class: Priority) -> Vec<T> {
-        self.classes[class.index()].drain(..).collect()
+        self.classes[class.index()].models.iter_mut().flat_map(|q| q.drain(..)).collect()
     }
 
     /// Takes every item out (used at shutdown and when no device is left).
     pub fn drain(&mut self) -> Vec<T> {
-        self.classes.iter_mut().flat_map(|q| q.drain(..)).collect()
+        Priority::ALL.iter().flat_map(|&class| self.drain_class(class)).collect()
     }
 
-    /// Takes the next batch: from the highest class that has live items, anchored on its oldest item and filled
-    /// with the items nearest to it in length, within `budget(class)`. A class whose budget is `None` is paused.
-    pub fn pick(&mut self, horizon: Instant, budget: impl Fn(Priority) -> Option<Budget>) -> Option<Picked<T>> {
+    /// Takes the next batch for a device that holds the models `holds` accepts: from the highest class that has
+    /// live items of such a model, from the least charged of those models, anchored on its oldest item and
+    /// filled with the items nearest to it in length, within `budget(class, model)`. A budget of `None` pauses
+    /// that class (for that model).
+    pub fn pick(
+        &mut self,
+        horizon: Instant,
+        budget: impl Fn(Priority, usize) -> Option<Budget>,
+        holds: impl Fn(usize) -> bool,
+    ) -> Option<Picked<T>> {
         let mut expired = Vec::new();
         for class in Priority::ALL {
-            let Some(class_budget) = budget(class) else { continue };
-            let queue = &mut self.classes[class.index()];
-            while queue.front().is_some_and(|item| !item.is_live(horizon)) {
-                expired.extend(queue.pop_front());
+            let queues = &mut self.classes[class.index()];
+            for model in queues.by_charge() {
+                if !holds(model) {
+                    continue;
+                }
+                let Some(model_budget) = budget(class, model) else { continue };
+                let queue = &mut queues.models[model];
+                while queue.front().is_some_and(|item| !item.is_live(horizon)) {
+                    expired.extend(queue.pop_front());
+                }
+                if queue.is_empty() {
+                    continue;
+                }
+                let mut picked = pick_from(queue, model_budget, horizon);
+                picked.expired.append(&mut expired);
+                picked.class = class;
+                picked.model = model;
+                return Some(picked);
             }
-            if queue.is_empty() {
-                continue;
-            }
-            let mut picked = pick_from(queue, class_budget, horizon);
-            picked.expired.append(&mut expired);
-            picked.class = class;
-            return Some(picked);
         }
         (!expired.is_empty()).then(|| Picked {
             class: Priority::Bulk,
+            model: 0,
             items: Vec::new(),
             expired,
             padded_tokens: 0,
@@ -185,6 +283,7 @@ fn pick_from<T: Queued>(queue: &mut VecDeque<T>, budget: Budget, horizon: Instan
     let real_tokens = items.iter().map(Queued::tokens).sum();
     Picked {
         class: Priority::Normal,
+        model: 0,
         padded_tokens: items.len() * longest,
         real_tokens,
         items,
@@ -201,6 +300,7 @@ mod tests {
         id: usize,
         tokens: usize,
         live: bool,
+        model: usize,
     }
 
     impl Queued for Item {
@@ -213,14 +313,26 @@ mod tests {
         fn received(&self) -> Instant {
             Instant::now()
         }
+        fn model(&self) -> usize {
+            self.model
+        }
     }
 
     fn item(id: usize, tokens: usize) -> Item {
-        Item { id, tokens, live: true }
+        Item {
+            id,
+            tokens,
+            live: true,
+            model: 0,
+        }
     }
 
-    fn budget(max_tokens: usize, max_size: usize) -> impl Fn(Priority) -> Option<Budget> {
-        move |_| {
+    fn all(_: usize) -> bool {
+        true
+    }
+
+    fn budget(max_tokens: usize, max_size: usize) -> impl Fn(Priority, usize) -> Option<Budget> {
+        move |_, _| {
             Some(Budget {
                 max_tokens,
                 max_size,
@@ -236,7 +348,7 @@ mod tests {
         queues.push(Priority::Bulk, vec![item(1, 5)]).unwrap();
         queues.push(Priority::Normal, vec![item(2, 5)]).unwrap();
         queues.push(Priority::Realtime, vec![item(3, 5)]).unwrap();
-        let order: Vec<usize> = std::iter::from_fn(|| queues.pick(Instant::now(), budget(5, 1)))
+        let order: Vec<usize> = std::iter::from_fn(|| queues.pick(Instant::now(), budget(5, 1), all))
             .map(|p| p.items[0].id)
             .collect();
         assert_eq!(order, vec![3, 2, 1]);
@@ -259,7 +371,7 @@ mod tests {
         queues
             .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
             .unwrap();
-        let first = queues.pick(Instant::now(), budget(4 * 12, 8)).unwrap();
+        let first = queues.pick(Instant::now(), budget(4 * 12, 8), all).unwrap();
         let mut ids: Vec<usize> = first.items.iter().map(|i| i.id).collect();
         ids.sort();
         assert_eq!(ids, vec![0, 2, 4, 6], "the four short ones run together");
@@ -274,7 +386,7 @@ mod tests {
         queues
             .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
             .unwrap();
-        let capped = |_| {
+        let capped = |_, _| {
             Some(Budget {
                 max_tokens: 10_000,
                 max_size: 64,
@@ -282,9 +394,9 @@ mod tests {
                 max_padding_ratio: 1.5,
             })
         };
-        let first = queues.pick(Instant::now(), capped).unwrap();
+        let first = queues.pick(Instant::now(), capped, all).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 2, 4]);
-        let second = queues.pick(Instant::now(), capped).unwrap();
+        let second = queues.pick(Instant::now(), capped, all).unwrap();
         assert_eq!(second.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![1, 3]);
     }
 
@@ -295,7 +407,7 @@ mod tests {
         queues
             .push(Priority::Normal, lengths.iter().enumerate().map(|(i, &t)| item(i, t)).collect())
             .unwrap();
-        let fifo = |_| {
+        let fifo = |_, _| {
             Some(Budget {
                 max_tokens: 10_000,
                 max_size: 2,
@@ -303,7 +415,7 @@ mod tests {
                 max_padding_ratio: 100.0,
             })
         };
-        let first = queues.pick(Instant::now(), fifo).unwrap();
+        let first = queues.pick(Instant::now(), fifo, all).unwrap();
         assert_eq!(first.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![0, 1]);
         assert_eq!(first.padded_tokens, 400);
     }
@@ -312,7 +424,7 @@ mod tests {
     fn an_input_over_budget_still_runs_alone() {
         let mut queues = Queues::new([10, 10, 10]);
         queues.push(Priority::Normal, vec![item(1, 300), item(2, 300)]).unwrap();
-        let picked = queues.pick(Instant::now(), budget(100, 8)).unwrap();
+        let picked = queues.pick(Instant::now(), budget(100, 8), all).unwrap();
         assert_eq!(picked.items.len(), 1);
     }
 
@@ -322,22 +434,10 @@ mod tests {
         queues
             .push(
                 Priority::Normal,
-                vec![
-                    Item {
-                        id: 1,
-                        tokens: 5,
-                        live: false,
-                    },
-                    item(2, 5),
-                    Item {
-                        id: 3,
-                        tokens: 5,
-                        live: false,
-                    },
-                ],
+                vec![Item { live: false, ..item(1, 5) }, item(2, 5), Item { live: false, ..item(3, 5) }],
             )
             .unwrap();
-        let picked = queues.pick(Instant::now(), budget(100, 8)).unwrap();
+        let picked = queues.pick(Instant::now(), budget(100, 8), all).unwrap();
         assert_eq!(picked.items.iter().map(|i| i.id).collect::<Vec<_>>(), vec![2]);
         let mut expired: Vec<usize> = picked.expired.iter().map(|i| i.id).collect();
         expired.sort();
@@ -345,21 +445,113 @@ mod tests {
         assert!(queues.is_empty());
     }
 
+    fn of_model(id: usize, tokens: usize, model: usize) -> Item {
+        Item { model, ..item(id, tokens) }
+    }
+
+    #[test]
+    fn realtime_of_any_model_goes_before_bulk_of_any() {
+        let mut queues = Queues::new([10, 10, 10]);
+        queues.push(Priority::Bulk, vec![of_model(1, 5, 0)]).unwrap();
+        queues.push(Priority::Normal, vec![of_model(2, 5, 1)]).unwrap();
+        queues.push(Priority::Realtime, vec![of_model(3, 5, 1)]).unwrap();
+        queues.push(Priority::Realtime, vec![of_model(4, 5, 0)]).unwrap();
+        let order: Vec<(usize, usize)> = std::iter::from_fn(|| queues.pick(Instant::now(), budget(5, 1), all))
+            .map(|p| (p.items[0].id, p.model))
+            .collect();
+        assert_eq!(order, vec![(4, 0), (3, 1), (2, 1), (1, 0)]);
+    }
+
+    #[test]
+    fn models_share_a_class_by_the_cost_charged() {
+        // Model 1's batches cost three times model 0's: model 0 gets three batches for each of model 1's.
+        let mut queues = Queues::new([100, 100, 100]);
+        queues.push(Priority::Bulk, (0..40).map(|i| of_model(i, 5, 1)).collect()).unwrap();
+        queues.push(Priority::Bulk, (40..80).map(|i| of_model(i, 5, 0)).collect()).unwrap();
+        let mut runs = [0usize; 2];
+        for _ in 0..40 {
+            let picked = queues.pick(Instant::now(), budget(5, 1), all).unwrap();
+            runs[picked.model] += 1;
+            queues.charge(picked.class, picked.model, if picked.model == 1 { 3.0 } else { 1.0 });
+        }
+        assert_eq!(runs, [30, 10]);
+    }
+
+    #[test]
+    fn a_model_that_was_idle_gets_a_bounded_burst_then_its_share() {
+        let batch = JOIN_CREDIT / 2.0;
+        let mut queues = Queues::new([100, 100, 100]);
+        queues.push(Priority::Normal, (0..50).map(|i| of_model(i, 5, 0)).collect()).unwrap();
+        for _ in 0..20 {
+            let picked = queues.pick(Instant::now(), budget(5, 1), all).unwrap();
+            queues.charge(picked.class, picked.model, batch);
+        }
+        // Model 1 arrives after model 0 ran 20 batches: it runs ahead by at most JOIN_CREDIT, then they alternate.
+        queues
+            .push(Priority::Normal, (100..120).map(|i| of_model(i, 5, 1)).collect())
+            .unwrap();
+        let mut order = Vec::new();
+        for _ in 0..10 {
+            let picked = queues.pick(Instant::now(), budget(5, 1), all).unwrap();
+            order.push(picked.model);
+            queues.charge(picked.class, picked.model, batch);
+        }
+        assert_eq!(order, [1, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn a_model_that_empties_its_queue_keeps_what_it_is_owed() {
+        // Closed-loop clients: model 0's queue empties at every batch and refills while model 1's batch runs. Its
+        // batches cost a third of model 1's, so it is owed three batches per batch of model 1.
+        let mut queues = Queues::new([100, 100, 100]);
+        queues.push(Priority::Bulk, (0..100).map(|i| of_model(i, 5, 1)).collect()).unwrap();
+        let mut runs = [0usize; 2];
+        let mut id = 1000;
+        for _ in 0..80 {
+            if queues.model_len(Priority::Bulk, 0) == 0 {
+                queues.push(Priority::Bulk, vec![of_model(id, 5, 0)]).unwrap();
+                id += 1;
+            }
+            let picked = queues.pick(Instant::now(), budget(5, 1), all).unwrap();
+            runs[picked.model] += 1;
+            let cost = if picked.model == 1 { 30_000.0 } else { 10_000.0 };
+            queues.charge(picked.class, picked.model, cost);
+        }
+        assert!((59..=61).contains(&runs[0]), "{runs:?}");
+    }
+
+    #[test]
+    fn a_device_gets_only_the_models_it_holds_and_capacity_is_per_model() {
+        let mut queues = Queues::new([10, 2, 10]);
+        queues.push(Priority::Normal, vec![of_model(1, 5, 0), of_model(2, 5, 0)]).unwrap();
+        assert!(
+            queues.push(Priority::Normal, vec![of_model(3, 5, 0)]).is_err(),
+            "model 0's queue is full"
+        );
+        queues.push(Priority::Normal, vec![of_model(4, 5, 1)]).unwrap();
+        let picked = queues.pick(Instant::now(), budget(100, 8), |m| m == 1).unwrap();
+        assert_eq!((picked.model, picked.items.len()), (1, 1));
+        assert!(queues.pick(Instant::now(), budget(100, 8), |m| m == 1).is_none());
+        assert_eq!(queues.model_len(Priority::Normal, 0), 2);
+    }
+
     proptest::proptest! {
         #[test]
         fn batches_respect_budget_and_every_item_leaves_once(
-            lengths in proptest::collection::vec((1usize..300, 0usize..3, proptest::bool::weighted(0.9)), 1..200),
+            lengths in proptest::collection::vec((1usize..300, 0usize..3, proptest::bool::weighted(0.9), 0usize..3), 1..200),
             max_tokens in 1usize..2000,
             max_size in 1usize..64,
         ) {
             let mut queues = Queues::new([1000, 1000, 1000]);
-            for (id, &(tokens, class, live)) in lengths.iter().enumerate() {
-                queues.push(Priority::ALL[class], vec![Item { id, tokens, live }]).unwrap();
+            for (id, &(tokens, class, live, model)) in lengths.iter().enumerate() {
+                queues.push(Priority::ALL[class], vec![Item { id, tokens, live, model }]).unwrap();
             }
             let mut seen = vec![0u32; lengths.len()];
             let mut last_class = Priority::Realtime;
-            while let Some(picked) = queues.pick(Instant::now(), budget(max_tokens, max_size)) {
+            while let Some(picked) = queues.pick(Instant::now(), budget(max_tokens, max_size), all) {
                 if !picked.items.is_empty() {
+                    proptest::prop_assert!(picked.items.iter().all(|i| i.model == picked.model), "a batch mixed models");
+                    queues.charge(picked.class, picked.model, picked.padded_tokens as f64);
                     proptest::prop_assert!(picked.class >= last_class, "a lower class ran while a higher one waited");
                     last_class = picked.class;
                     proptest::prop_assert!(picked.items.len() <= max_size);
@@ -394,6 +586,9 @@ mod pause_tests {
         fn received(&self) -> Instant {
             Instant::now()
         }
+        fn model(&self) -> usize {
+            0
+        }
     }
 
     #[test]
@@ -407,8 +602,8 @@ mod pause_tests {
             max_padding_ratio: 2.0,
         };
         assert!(queues
-            .pick(Instant::now(), |class| (class != Priority::Bulk).then_some(budget))
+            .pick(Instant::now(), |class, _| (class != Priority::Bulk).then_some(budget), |_| true)
             .is_none());
-        assert_eq!(queues.pick(Instant::now(), |_| Some(budget)).unwrap().items.len(), 1);
+        assert_eq!(queues.pick(Instant::now(), |_, _| Some(budget), |_| true).unwrap().items.len(), 1);
     }
 }

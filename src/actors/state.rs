@@ -12,7 +12,8 @@ use tokio::time::Instant;
 
 use crate::engine::ModelInfo;
 use crate::protocol::message::{
-    Counters, DeviceStatus, ModelStatus, Percentiles, RealtimeStatus, SensorStatus, StatusBody, ThermalStatus, Throughput,
+    CacheStats, Counters, DeviceStatus, ModelServeStatus, ModelStatus, Percentiles, RealtimeStatus, SensorStatus, SessionStatus,
+    StatusBody, ThermalStatus, Throughput,
 };
 use crate::protocol::{ErrorCode, Priority};
 
@@ -55,8 +56,11 @@ pub(crate) struct DeviceShared {
     pub precision: Mutex<Option<String>>,
     /// Stops the session run in progress (set by the inference actor; used on a stuck batch).
     pub stopper: Mutex<Option<crate::engine::RunStopper>>,
-    /// How long one short input alone takes on this device once warm (µs; 0 until measured).
-    pub smallest_batch_us: AtomicU64,
+    /// Per model, how long one short input alone takes on this device once warm (µs; 0 until measured or when
+    /// the device does not hold the model).
+    pub smallest_batch_us: Vec<AtomicU64>,
+    /// The sessions it holds: model index, the resident memory its build and warm-up added (bytes), precision.
+    pub sessions: Mutex<Vec<(usize, u64, String)>>,
     /// When the batch now running would be declared stuck (None while idle): the batcher's judgement of working
     /// vs hung, which the systemd watchdog follows too.
     pub stuck_deadline: Mutex<Option<Instant>>,
@@ -73,9 +77,14 @@ pub(crate) struct DeviceShared {
 pub(crate) struct DaemonState {
     started: Instant,
     phase: AtomicU8,
-    pub model: ModelInfo,
+    /// The served models, the default one first.
+    pub models: Vec<ModelInfo>,
+    /// Per model, the indexes of the devices that hold a session of it.
+    pub model_devices: Vec<Vec<usize>>,
     pub devices: Vec<DeviceShared>,
     pub queued: [AtomicU64; 3],
+    /// Per model, queued inputs per class.
+    pub queued_by_model: Vec<[AtomicU64; 3]>,
     /// Per class, the batcher's estimate (µs) of how long an input queued now would wait before it starts; 0
     /// while there is no estimate. Requests whose deadline falls before that are answered without being queued.
     pub backlog_us: [AtomicU64; 3],
@@ -106,12 +115,19 @@ struct Sample {
     at: Instant,
     latency_us: u64,
     inputs: u32,
+    model: u32,
 }
 
 // === impl DaemonState ===
 
 impl DaemonState {
-    pub fn new(model: ModelInfo, device_kinds: &[String], cache: std::sync::Arc<crate::cache::EmbedCache>) -> DaemonState {
+    /// `model_devices`: per model, the devices that hold it.
+    pub fn new(
+        models: Vec<ModelInfo>,
+        model_devices: Vec<Vec<usize>>,
+        device_kinds: &[String],
+        cache: std::sync::Arc<crate::cache::EmbedCache>,
+    ) -> DaemonState {
         let devices = device_kinds
             .iter()
             .enumerate()
@@ -122,7 +138,8 @@ impl DaemonState {
                 precision: Mutex::new(None),
                 stopper: Mutex::new(None),
                 stuck_deadline: Mutex::new(None),
-                smallest_batch_us: AtomicU64::new(0),
+                smallest_batch_us: models.iter().map(|_| AtomicU64::new(0)).collect(),
+                sessions: Mutex::new(Vec::new()),
                 state: AtomicU8::new(DeviceState::Starting as u8),
                 restarts: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
@@ -137,7 +154,9 @@ impl DaemonState {
             cache,
             started: Instant::now(),
             phase: AtomicU8::new(Phase::Starting as u8),
-            model,
+            queued_by_model: models.iter().map(|_| Default::default()).collect(),
+            models,
+            model_devices,
             devices,
             queued: Default::default(),
             backlog_us: Default::default(),
@@ -178,15 +197,10 @@ impl DaemonState {
 
     /// Whether the realtime bound can hold: a realtime request waits behind at most about one bound's worth of
     /// running work, then needs its own run, which on a slow model or device may alone take longer.
+    /// Said of the default model; `status.models[].smallest_batch_ms` has the others' figure.
     pub fn realtime_status(&self) -> RealtimeStatus {
         let bound_ms = self.realtime_bound_ms.load(Ordering::Relaxed);
-        let smallest_us = self
-            .devices
-            .iter()
-            .map(|d| d.smallest_batch_us.load(Ordering::Relaxed))
-            .filter(|&us| us > 0)
-            .min();
-        let smallest_batch_ms = smallest_us.map(|us| us as f64 / 1000.0);
+        let smallest_batch_ms = self.smallest_batch_ms(0);
         RealtimeStatus {
             bound_ms,
             smallest_batch_ms,
@@ -195,14 +209,44 @@ impl DaemonState {
         }
     }
 
-    /// Records one answered request.
-    pub fn record_reply(&self, priority: Option<Priority>, latency: Duration, n_inputs: usize, n_tokens: usize, error: Option<ErrorCode>) {
+    /// One short input of model `model` alone on its fastest device, once warm (ms; None until measured).
+    pub fn smallest_batch_ms(&self, model: usize) -> Option<f64> {
+        self.devices
+            .iter()
+            .map(|d| d.smallest_batch_us[model].load(Ordering::Relaxed))
+            .filter(|&us| us > 0)
+            .min()
+            .map(|us| us as f64 / 1000.0)
+    }
+
+    /// The index of the model a request names (None: the default model), or why there is none.
+    pub fn model_index(&self, asked: Option<&str>) -> Result<usize, String> {
+        let Some(name) = asked else { return Ok(0) };
+        self.models.iter().position(|m| m.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+            format!(
+                "unknown model {:?} (this daemon serves: {})",
+                name.chars().take(64).collect::<String>(),
+                names.join(", ")
+            )
+        })
+    }
+
+    /// Records one answered request (`served`: the class and model of an embed request).
+    pub fn record_reply(
+        &self,
+        served: Option<(Priority, usize)>,
+        latency: Duration,
+        n_inputs: usize,
+        n_tokens: usize,
+        error: Option<ErrorCode>,
+    ) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if let Some(code) = error {
             *lock(&self.errors).entry(code).or_default() += 1;
             return;
         }
-        let Some(priority) = priority else { return };
+        let Some((priority, model)) = served else { return };
         self.inputs.fetch_add(n_inputs as u64, Ordering::Relaxed);
         self.tokens.fetch_add(n_tokens as u64, Ordering::Relaxed);
         let now = Instant::now();
@@ -212,6 +256,7 @@ impl DaemonState {
             at: now,
             latency_us: latency.as_micros() as u64,
             inputs: n_inputs as u32,
+            model: model as u32,
         });
         prune(window, now);
     }
@@ -254,18 +299,21 @@ impl DaemonState {
                 a.load(Ordering::Relaxed) as f64 / denominator as f64
             }
         };
-        let (latency_ms, throughput) = self.latency_and_throughput(now);
+        let (latency_ms, throughput) = self.latency_and_throughput(now, None);
+        let cache = self.cache.stats();
+        let models = (0..self.models.len()).map(|index| self.model_status(index, now, &cache)).collect();
+        let model = &self.models[0];
         StatusBody {
             status: self.health().to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_s: now.duration_since(self.started).as_secs_f64(),
             model: ModelStatus {
-                name: self.model.name.clone(),
-                dim: self.model.dim as u64,
-                max_tokens: self.model.max_tokens as u64,
-                pooling: self.model.pooling.as_str().to_owned(),
+                name: model.name.clone(),
+                dim: model.dim as u64,
+                max_tokens: model.max_tokens as u64,
+                pooling: model.pooling.as_str().to_owned(),
             },
-            devices: self.devices.iter().map(DeviceShared::status).collect(),
+            devices: self.devices.iter().map(|d| d.status(&self.models)).collect(),
             queues: Priority::ALL
                 .iter()
                 .map(|p| (p.as_str().to_owned(), self.queued[p.index()].load(Ordering::Relaxed)))
@@ -285,12 +333,41 @@ impl DaemonState {
             padding_ratio: ratio(&self.padded_tokens, &self.real_tokens),
             throughput,
             thermal: lock(&self.thermal).clone(),
-            cache: self.cache.stats(),
+            cache,
             realtime: self.realtime_status(),
+            models,
         }
     }
 
-    fn latency_and_throughput(&self, now: Instant) -> (BTreeMap<String, Percentiles>, Throughput) {
+    /// `status.models[index]`.
+    fn model_status(&self, index: usize, now: Instant, cache: &CacheStats) -> ModelServeStatus {
+        let model = &self.models[index];
+        let (latency_ms, throughput) = self.latency_and_throughput(now, Some(index));
+        let cache = cache.per_model.get(&model.name).copied().unwrap_or_default();
+        ModelServeStatus {
+            name: model.name.clone(),
+            dim: model.dim as u64,
+            max_tokens: model.max_tokens as u64,
+            pooling: model.pooling.as_str().to_owned(),
+            devices: self.model_devices[index].iter().map(|&d| d as u64).collect(),
+            queues: Priority::ALL
+                .iter()
+                .map(|p| {
+                    (
+                        p.as_str().to_owned(),
+                        self.queued_by_model[index][p.index()].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+            latency_ms,
+            throughput,
+            cache,
+            smallest_batch_ms: self.smallest_batch_ms(index),
+        }
+    }
+
+    /// Latency percentiles per class and throughput over the window, of one model's requests or of all.
+    fn latency_and_throughput(&self, now: Instant, model: Option<usize>) -> (BTreeMap<String, Percentiles>, Throughput) {
         let mut windows = lock(&self.windows);
         let mut latency = BTreeMap::new();
         let (mut requests, mut inputs) = (0u64, 0u64);
@@ -298,12 +375,16 @@ impl DaemonState {
         for priority in Priority::ALL {
             let window = &mut windows[priority.index()];
             prune(window, now);
-            requests += window.len() as u64;
-            inputs += window.iter().map(|s| u64::from(s.inputs)).sum::<u64>();
             if let Some(first) = window.front() {
                 oldest = oldest.min(first.at);
             }
-            let mut micros: Vec<u64> = window.iter().map(|s| s.latency_us).collect();
+            let samples = window.iter().filter(|s| model.is_none_or(|m| s.model as usize == m));
+            let mut micros: Vec<u64> = Vec::new();
+            for sample in samples {
+                requests += 1;
+                inputs += u64::from(sample.inputs);
+                micros.push(sample.latency_us);
+            }
             latency.insert(priority.as_str().to_owned(), percentiles(&mut micros));
         }
         // When a window is capped by MAX_SAMPLES it covers less than WINDOW: measure over what it covers.
@@ -338,7 +419,7 @@ impl DeviceShared {
         }
     }
 
-    fn status(&self) -> DeviceStatus {
+    fn status(&self, models: &[ModelInfo]) -> DeviceStatus {
         let state = match self.state() {
             DeviceState::Starting => "starting",
             DeviceState::Ready => "ready",
@@ -357,6 +438,14 @@ impl DeviceShared {
             inputs: self.inputs.load(Ordering::Relaxed),
             last_error: lock(&self.last_error).clone(),
             sensors: lock(&self.sensors).clone(),
+            sessions: lock(&self.sessions)
+                .iter()
+                .map(|(model, memory_bytes, precision)| SessionStatus {
+                    model: models[*model].name.clone(),
+                    memory_bytes: *memory_bytes,
+                    precision: precision.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -424,8 +513,8 @@ mod tests {
             default_prompt_name: None,
             head_modules: Vec::new(),
         };
-        let cache = std::sync::Arc::new(crate::cache::EmbedCache::new(0, 4));
-        let state = DaemonState::new(model, &["cpu".to_owned()], cache);
+        let cache = std::sync::Arc::new(crate::cache::EmbedCache::new(0, 4, vec!["m".into()]));
+        let state = DaemonState::new(vec![model], vec![vec![0]], &["cpu".to_owned()], cache);
         assert_eq!(state.health(), "starting");
         state.devices[0].set_state(DeviceState::Ready);
         state.set_phase(Phase::Ready);

@@ -22,16 +22,15 @@ use super::batcher::{Batcher, BatcherArgs, Drain, SetSupervisor, WorkerLost, MAI
 use super::inference::{Heartbeat, InferenceActor, InferenceArgs, Startup};
 use super::monitor::{Monitor, MonitorArgs};
 use super::state::{lock, DaemonState, DeviceState, Phase};
-use super::DaemonHandle;
+use super::{DaemonHandle, ServedModel};
 use crate::config::Config;
-use crate::engine::{ModelInfo, SharedTokenizer};
 
 /// What the supervisor needs.
 pub(crate) struct SupervisorArgs {
     pub config: Config,
     pub env: Environment,
-    pub model: ModelInfo,
-    pub tokenizer: SharedTokenizer,
+    /// The served models, the default first (`state.model_devices` says which devices hold which).
+    pub models: Arc<[ServedModel]>,
     pub state: Arc<DaemonState>,
 }
 
@@ -82,6 +81,7 @@ impl Actor for Supervisor {
             state: args.state.clone(),
             // Used once a device reports that it runs on an accelerator (see `WorkerUp`).
             prefetch: vec![args.config.batcher.prefetch; devices_config.len()],
+            model_devices: args.state.model_devices.clone(),
         };
         let batcher = Batcher::spawn_with_mailbox(batcher_args, mailbox::bounded(MAILBOX));
         let monitor_args = MonitorArgs {
@@ -104,8 +104,10 @@ impl Actor for Supervisor {
                 index,
                 device,
                 env: args.env.clone(),
-                model: args.model.clone(),
-                tokenizer: args.tokenizer.clone(),
+                models: args.models.clone(),
+                holds: (0..args.models.len())
+                    .filter(|&model| args.state.model_devices[model].contains(&index))
+                    .collect(),
                 batcher: batcher.clone(),
                 state: args.state.clone(),
                 warmup_seq_lengths: batcher_cfg.warmup_seq_lengths.clone(),
@@ -237,17 +239,11 @@ impl kameo::message::Message<ReplaceDevice> for Supervisor {
 /// Spawns the supervisor (which spawns everything else) and returns the handle the server uses.
 pub(crate) async fn start(args: SupervisorArgs) -> Started {
     let state = args.state.clone();
-    let model = Arc::new(args.model.clone());
-    let tokenizer = args.tokenizer.clone();
+    let models = args.models.clone();
     let supervisor = Supervisor::spawn(args);
     let (batcher, _) = supervisor.ask(Children).await.expect("the supervisor starts without failing");
     Started {
-        handle: DaemonHandle {
-            state,
-            tokenizer,
-            model,
-            batcher,
-        },
+        handle: DaemonHandle { state, models, batcher },
         supervisor,
     }
 }

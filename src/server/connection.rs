@@ -21,8 +21,8 @@ use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, Phase, ServeError};
 use crate::engine::EmbedOptions;
 use crate::protocol::frame::append_frame;
 use crate::protocol::message::{
-    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, Op, Request,
-    StatusReply, Timing,
+    decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, ModelDescription,
+    Op, Request, StatusReply, Timing,
 };
 use crate::protocol::{read_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
 
@@ -185,10 +185,12 @@ pub(crate) async fn serve_embed(handle: &DaemonHandle, embed: EmbedRequest, rece
     let outcome = handle.embed(job(embed, received)).await;
     let latency = received.elapsed();
     match &outcome {
-        Ok(done) => handle.state.record_reply(Some(priority), latency, n_inputs, done.tokens, None),
+        Ok(done) => handle
+            .state
+            .record_reply(Some((priority, done.model)), latency, n_inputs, done.tokens, None),
         Err(err) => handle
             .state
-            .record_reply(Some(priority), latency, n_inputs, 0, Some(error_code(err))),
+            .record_reply(Some((priority, 0)), latency, n_inputs, 0, Some(error_code(err))),
     }
     outcome
 }
@@ -204,7 +206,7 @@ pub(crate) fn refusal(handle: &DaemonHandle, embed: &EmbedRequest, received: Ins
     };
     handle
         .state
-        .record_reply(Some(embed.priority), received.elapsed(), 0, 0, Some(error_code(&err)));
+        .record_reply(Some((embed.priority, 0)), received.elapsed(), 0, 0, Some(error_code(&err)));
     Some(err)
 }
 
@@ -242,7 +244,7 @@ fn embed_reply(handle: &DaemonHandle, id: u64, done: EmbedDone, encoding: Encodi
         v: PROTOCOL_VERSION,
         id,
         ok: true,
-        model: handle.state.model.name.clone(),
+        model: handle.state.models[done.model].name.clone(),
         dim,
         count,
         embeddings,
@@ -257,7 +259,8 @@ fn embed_reply(handle: &DaemonHandle, id: u64, done: EmbedDone, encoding: Encodi
 }
 
 fn info(handle: &DaemonHandle, policy: &ConnectionPolicy, id: u64) -> InfoReply {
-    let model = &handle.state.model;
+    let models = &handle.state.models;
+    let model = &models[0];
     InfoReply {
         v: PROTOCOL_VERSION,
         id,
@@ -274,6 +277,18 @@ fn info(handle: &DaemonHandle, policy: &ConnectionPolicy, id: u64) -> InfoReply 
         version: env!("CARGO_PKG_VERSION").to_owned(),
         prompts: model.prompts.clone(),
         default_prompt_name: model.default_prompt_name.clone(),
+        models: models
+            .iter()
+            .map(|model| ModelDescription {
+                name: model.name.clone(),
+                dim: model.dim as u64,
+                max_tokens: model.max_tokens as u64,
+                pooling: model.pooling.as_str().to_owned(),
+                normalize: model.normalize,
+                prompts: model.prompts.clone(),
+                default_prompt_name: model.default_prompt_name.clone(),
+            })
+            .collect(),
     }
 }
 

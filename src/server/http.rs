@@ -192,16 +192,24 @@ async fn embeddings(State(app): State<App>, headers: HeaderMap, body: Body) -> R
 async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) -> Result<Response, ApiError> {
     authorize(app, headers)?;
     let request: EmbeddingsRequest = read_json(app, headers, body).await?;
-    let model = &app.handle.state.model;
-    if let Some(asked) = request.model.as_deref().filter(|m| *m != model.name) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "model_not_found",
-            format!("The model `{asked}` does not exist; this daemon serves `{}`", model.name),
-        )
-        .param("model"));
-    }
+    let state = &app.handle.state;
+    let model = match state.model_index(request.model.as_deref()) {
+        Ok(index) => &state.models[index],
+        Err(_) => {
+            let names: Vec<&str> = state.models.iter().map(|m| m.name.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "The model `{}` does not exist; this daemon serves: {}",
+                    request.model.as_deref().unwrap_or_default(),
+                    names.join(", ")
+                ),
+            )
+            .param("model"));
+        }
+    };
     let base64 = match request.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -228,13 +236,12 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         encoding: Encoding::F32,
         prompt_name: request.prompt_name,
         prompt: request.prompt,
-        model: None,
+        model: Some(model.name.clone()),
         cache: request.cache.unwrap_or(true),
     };
     if let Some(err) = connection::refusal(&app.handle, &embed, received) {
         return Err(ApiError::from_serve(&err));
     }
-    let state = &app.handle.state;
     state.in_flight.fetch_add(1, Ordering::Relaxed);
     let outcome = connection::serve_embed(&app.handle, embed, received).await;
     state.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -270,20 +277,24 @@ async fn models(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(err) = authorize(&app, &headers) {
         return err.into_response();
     }
-    let model = &app.handle.state.model;
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": model.name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "akidb",
-            "dim": model.dim,
-            "max_tokens": model.max_tokens,
-            "prompts": model.prompts,
-        }],
-    }))
-    .into_response()
+    let data: Vec<serde_json::Value> = app
+        .handle
+        .state
+        .models
+        .iter()
+        .map(|model| {
+            json!({
+                "id": model.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "akidb",
+                "dim": model.dim,
+                "max_tokens": model.max_tokens,
+                "prompts": model.prompts,
+            })
+        })
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 async fn health(State(app): State<App>) -> Response {

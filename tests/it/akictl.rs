@@ -7,7 +7,7 @@ use akidb::engine::pooling::cosine;
 
 use crate::util::Daemon;
 
-fn akictl(daemon_socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn akictl(daemon_socket: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_akictl"))
         .arg("--socket")
         .arg(daemon_socket)

@@ -12,15 +12,15 @@ use akidb::protocol::ErrorCode;
 use crate::util::{self, Daemon};
 
 /// One reference case: texts, the request options that reproduce it, and sentence-transformers' output.
-struct Case {
-    name: String,
-    texts: Vec<String>,
-    params: EmbedParams,
-    tokens: Vec<usize>,
-    embeddings: Vec<Vec<f32>>,
+pub(crate) struct Case {
+    pub name: String,
+    pub texts: Vec<String>,
+    pub params: EmbedParams,
+    pub tokens: Vec<usize>,
+    pub embeddings: Vec<Vec<f32>>,
 }
 
-fn fixture_dir() -> PathBuf {
+pub(crate) fn fixture_dir() -> PathBuf {
     util::repo().join("tests/data/qwen3-tiny")
 }
 
@@ -28,7 +28,7 @@ fn dense_dir() -> PathBuf {
     util::repo().join("tests/data/qwen3-tiny-dense")
 }
 
-fn cases(dir: &Path) -> Vec<Case> {
+pub(crate) fn cases(dir: &Path) -> Vec<Case> {
     let text = std::fs::read_to_string(dir.join("references.jsonl")).expect("the decoder fixture (tests/data)");
     text.lines()
         .map(|line| {

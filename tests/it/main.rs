@@ -11,6 +11,7 @@ mod decoder;
 mod engine;
 mod hostile;
 mod http;
+mod models;
 mod python;
 mod systemd;
 mod tensorrt;

@@ -111,6 +111,13 @@ pub fn daemon_config(dir: &Path, extra: &str) -> String {
     } else {
         "shutdown_grace_ms = 5000\n"
     };
+    if extra.contains("[[models]]") {
+        // Several models: no `[model]` table (they are exclusive).
+        return format!(
+            "[server]\n{socket}{grace}{server_extra}\n{rest}",
+            rest = without_section(extra, "[server]"),
+        );
+    }
     format!(
         "[server]\n{socket}{grace}{server_extra}\n[model]\n{model_dir}{model_extra}\n{rest}",
         rest = without_section(&without_section(extra, "[server]"), "[model]"),

@@ -20,6 +20,9 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
         model.max_tokens,
         model.pooling
     );
+    if status.models.len() > 1 {
+        let _ = writeln!(out, "{}", models_table(status));
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -40,6 +43,14 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
         );
         if let Some(sensors) = &device.sensors {
             let _ = writeln!(out, "    {}", clip(&sensor_line(sensors), 76));
+        }
+        if !device.sessions.is_empty() {
+            let sessions: Vec<String> = device
+                .sessions
+                .iter()
+                .map(|s| format!("{} {:.0} MB", clip(&s.model, 20), s.memory_bytes as f64 / 1e6))
+                .collect();
+            let _ = writeln!(out, "    {}", clip(&format!("sessions: {}", sessions.join(", ")), 76));
         }
         if let Some(error) = &device.last_error {
             let _ = writeln!(out, "    last error: {}", clip(error, 64));
@@ -103,6 +114,38 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     let errors = if errors.is_empty() { "none".to_owned() } else { errors.join(", ") };
     let _ = writeln!(out, "errors      {}", clip(&errors, 68));
     out
+}
+
+/// One line per served model: its queues, latency (normal class), devices and cache hit ratio.
+fn models_table(status: &StatusBody) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<22}{:>5}{:>7}{:>8}{:>10}{:>9}{:>9}{:>8}",
+        "MODEL", "DIM", "DEVS", "QUEUED", "REQS/60s", "p50 ms", "p99 ms", "HIT%"
+    );
+    for model in &status.models {
+        let queued: u64 = model.queues.values().sum();
+        let requests: u64 = model.latency_ms.values().map(|p| p.count).sum();
+        let normal = model.latency_ms.get("normal").copied().unwrap_or_default();
+        let devices: Vec<String> = model.devices.iter().map(u64::to_string).collect();
+        let looked_up = model.cache.hits + model.cache.misses;
+        let hit = if looked_up == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}%", 100.0 * model.cache.hits as f64 / looked_up as f64)
+        };
+        let _ = writeln!(
+            out,
+            "{:<22}{:>5}{:>7}{queued:>8}{requests:>10}{:>9.1}{:>9.1}{hit:>8}",
+            clip(&model.name, 21),
+            model.dim,
+            clip(&devices.join(","), 6),
+            normal.p50,
+            normal.p99
+        );
+    }
+    out.trim_end().to_owned()
 }
 
 /// "temp 61.2 C  power 8.0/15.0 W  util 35%  sm 918 MHz  mem 812 MiB [nvml+sysfs]", or why it is unknown.

@@ -99,13 +99,7 @@ impl ModelInfo {
             },
         };
         let (prompts, default_prompt_name) = read_prompts(&dir)?;
-        let name = config.name.clone().unwrap_or_else(|| {
-            dir.canonicalize()
-                .unwrap_or_else(|_| dir.clone())
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "model".to_owned())
-        });
+        let name = config.display_name();
         Ok(ModelInfo {
             name,
             dir,

@@ -293,6 +293,31 @@ pub struct InfoReply {
     /// The prompt applied when a request names none and gives no `prompt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_prompt_name: Option<String>,
+    /// Every model served, the default (described by the fields above) first. Absent from daemons older than
+    /// several models.
+    #[serde(default)]
+    pub models: Vec<ModelDescription>,
+}
+
+/// `info.models[]`: one served model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelDescription {
+    /// The name requests give in `model`.
+    pub name: String,
+    /// Embedding dimension.
+    pub dim: u64,
+    /// Truncation length in tokens.
+    pub max_tokens: u64,
+    /// "mean" | "cls" | "last_token".
+    pub pooling: String,
+    /// Whether vectors are normalized by default.
+    pub normalize: bool,
+    /// Named prompts and their text.
+    #[serde(default)]
+    pub prompts: BTreeMap<String, String>,
+    /// The prompt applied when a request names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_prompt_name: Option<String>,
 }
 
 /// Reply to `status`.
@@ -343,6 +368,35 @@ pub struct StatusBody {
     /// Thermal policy state.
     #[serde(default)]
     pub thermal: ThermalStatus,
+    /// Per served model, the default first: its queues, latency, throughput, cache and devices. Absent from
+    /// daemons older than several models.
+    #[serde(default)]
+    pub models: Vec<ModelServeStatus>,
+}
+
+/// `status.models[]`: how one model is being served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelServeStatus {
+    /// Name.
+    pub name: String,
+    /// Dimension.
+    pub dim: u64,
+    /// Truncation length.
+    pub max_tokens: u64,
+    /// Pooling mode.
+    pub pooling: String,
+    /// Indexes of the devices that hold a session of it.
+    pub devices: Vec<u64>,
+    /// Its queued inputs per class.
+    pub queues: BTreeMap<String, u64>,
+    /// Its latency percentiles (ms) per class over the recent window (embed requests served).
+    pub latency_ms: BTreeMap<String, Percentiles>,
+    /// Its recent throughput.
+    pub throughput: Throughput,
+    /// Its share of the embedding cache.
+    pub cache: ModelCacheStats,
+    /// One short input alone on its fastest device, once warm (ms; absent until measured).
+    pub smallest_batch_ms: Option<f64>,
 }
 
 /// `status.realtime`: what realtime latency this model and device allow.
@@ -376,7 +430,7 @@ pub struct CacheStats {
     pub misses: u64,
     /// Entries evicted to make room.
     pub evictions: u64,
-    /// Hits and misses per model name.
+    /// Hits, misses, entries, bytes and evictions per model name.
     pub per_model: BTreeMap<String, ModelCacheStats>,
 }
 
@@ -387,6 +441,15 @@ pub struct ModelCacheStats {
     pub hits: u64,
     /// Inputs computed.
     pub misses: u64,
+    /// Vectors of this model held.
+    #[serde(default)]
+    pub entries: u64,
+    /// Bytes they take.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Its entries evicted to make room (for any model's).
+    #[serde(default)]
+    pub evictions: u64,
 }
 
 /// `status.model`.
@@ -429,6 +492,22 @@ pub struct DeviceStatus {
     /// The monitor's latest reading (absent before the first sample).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sensors: Option<SensorStatus>,
+    /// One ONNX Runtime session per model the device holds (absent from daemons older than several models).
+    #[serde(default)]
+    pub sessions: Vec<SessionStatus>,
+}
+
+/// `status.devices[].sessions[]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SessionStatus {
+    /// The model's name.
+    pub model: String,
+    /// Memory the session took: the process's resident memory added while it was built and warmed up (bytes;
+    /// on a GPU this is host memory, the device memory is in `sensors.memory_used_mib`).
+    pub memory_bytes: u64,
+    /// The precision this session computes in (see `precision` of the device).
+    #[serde(default)]
+    pub precision: String,
 }
 
 /// `status.devices[].sensors`: each figure absent when unknown.

@@ -314,7 +314,7 @@ pub struct BatcherConfig {
     pub stuck_timeout_ms: u64,
 }
 
-/// `[batcher.queue_capacity]`
+/// `[batcher.queue_capacity]`: the most inputs queued per class, for each model.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueueCapacity {

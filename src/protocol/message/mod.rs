@@ -475,7 +475,8 @@ pub struct DeviceStatus {
     /// The provider really in use ("" until the session is built).
     pub ep: String,
     /// The precision the device computes in: "fp32", "fp16", "bf16", "int8" or "fp8" (from the provider's
-    /// settings and the graph's weights; absent until the session is built).
+    /// settings and the graph's weights; absent until the session is built); with several models, their
+    /// precisions joined by ",".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
     /// "starting" | "ready" | "busy" | "restarting" | "failed".

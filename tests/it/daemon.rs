@@ -47,7 +47,7 @@ async fn replies_equal_the_engine_and_the_references() {
     }
     eprintln!("daemon vs engine min cosine {worst_engine:.7}, vs sentence-transformers {worst_reference:.5} ({source})");
     assert!(worst_engine >= 0.99999, "{worst_engine}");
-    assert!(worst_reference >= 0.997, "{worst_reference}");
+    assert!(worst_reference >= 0.99999, "{worst_reference}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,8 +545,11 @@ fn sigterm_during_a_long_batch_answers_every_request_within_the_grace_period() {
         replies.iter().all(|r| matches!(r, Ok(()) | Err(ErrorCode::ShuttingDown))),
         "every request answered, served or shutting_down: {replies:?}"
     );
+    // The run in progress stops at its next kernel boundary: allow a tenth of a batch for that (a slow or busy
+    // machine runs each kernel longer), which is still far from the three batches of work queued.
+    let stop_slack = batch_time.min(Duration::from_millis(500) + batch_time / 10);
     assert!(
-        answered_after < Duration::from_millis(1000) + batch_time.min(Duration::from_millis(500)),
+        answered_after < Duration::from_millis(1000) + stop_slack,
         "answered within the grace period ({answered_after:?}), not after the 3 x {batch_time:?} of work queued"
     );
     if batch_time > Duration::from_millis(1500) {

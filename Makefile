@@ -27,10 +27,14 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# Every benchmark, then one artifact with all their figures: target/bench.json (what the README quotes).
 bench: setup
+	tools/default-model/options.sh
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench daemon
 	$(CARGO) bench --bench latency
+	$(CARGO) bench --bench models
+	python3 tools/bench-report.py
 
 # Each fuzz target for FUZZ_SECS seconds (cargo-fuzz on the stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECS ?= 300

@@ -29,7 +29,7 @@ pub const DEFAULT_MAX_PENDING_REPLIES: usize = 1024;
 /// Default grace period for a graceful stop.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Default token budget of one batch (padded tokens: batch size × longest input).
-pub const DEFAULT_MAX_BATCH_TOKENS: usize = 2048;
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
 /// Default maximum number of inputs in one batch.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
 /// Default time the batcher waits for a batch to fill while a device is idle.

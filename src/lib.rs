@@ -24,7 +24,7 @@ pub(crate) mod actors;
 pub(crate) mod cache;
 pub mod client;
 pub mod daemon;
-pub(crate) mod memory;
+pub mod memory;
 pub mod metrics;
 pub mod monitor;
 pub(crate) mod server;

@@ -41,6 +41,7 @@ const EXIT_UNAVAILABLE: u8 = 69;
 const EXIT_SOCKET: u8 = 75;
 
 fn main() -> ExitCode {
+    akidb::memory::limit_malloc_arenas();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(err) => {

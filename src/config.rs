@@ -243,8 +243,11 @@ pub struct DeviceConfig {
     /// CPU provider: keep ORT's memory arena (more throughput, more resident memory).
     pub cpu_arena: bool,
     /// Let ORT's intra-op threads spin while waiting for work (ORT's default). Off, they sleep: the cores stay
-    /// free for the daemon's I/O and for the other processes of the machine.
-    pub spin: bool,
+    /// free for the daemon's I/O and for the other processes of the machine. Unset: spin when the device holds one
+    /// model, sleep when it holds several (each session has its own threads, and those of the idle sessions
+    /// spinning took a third of the device from the running one: measured, two models' bulk loads at once got
+    /// 0.62-0.72 of their alone throughput in all with spinning, 0.93-1.04 without).
+    pub spin: Option<bool>,
     /// Providers to try, in order, when `ep` does not register. Empty: startup fails instead.
     pub fallback: Vec<EpKind>,
     /// Make session creation fail if any node would run on the CPU (GPU providers only).
@@ -820,7 +823,7 @@ impl Default for DeviceConfig {
             device_id: 0,
             intra_threads: 0,
             cpu_arena: false,
-            spin: true,
+            spin: None,
             fallback: Vec::new(),
             disable_cpu_fallback: false,
             tensorrt: TensorrtConfig::default(),

@@ -567,7 +567,7 @@ fn build_with(
     if device.intra_threads > 0 {
         builder = builder.with_intra_threads(device.intra_threads).map_err(provider)?;
     }
-    builder = builder.with_intra_op_spinning(device.spin).map_err(provider)?;
+    builder = builder.with_intra_op_spinning(device.spin.unwrap_or(true)).map_err(provider)?;
     builder = builder
         .with_execution_providers([ep::dispatch(kind, device, trt)])
         .map_err(provider)?;

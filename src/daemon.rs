@@ -145,7 +145,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
             });
         }
         Ok(Ok(())) => {
+            // Trimmed before the first request can arrive: the trim holds the allocator's locks for milliseconds.
             crate::memory::release_free_memory();
+            state.set_phase(Phase::Ready);
             let realtime = state.realtime_status();
             if !realtime.achievable {
                 tracing::warn!(

@@ -32,7 +32,8 @@ use crate::protocol::Priority;
 /// Mailbox size of the batcher; a full mailbox answers `overloaded`.
 pub(crate) const MAILBOX: usize = 4096;
 
-/// Batches of at least this many inputs measure the cost per input used for the backlog estimate.
+/// Batches of at least this many inputs (or filling half the token budget) measure the cost per input used for
+/// the backlog estimate.
 const LOADED_BATCH: usize = 4;
 
 pub(crate) struct Batcher {
@@ -679,7 +680,9 @@ impl Message<BatchDone> for Batcher {
             self.refill = Some((Instant::now() + wait, msg.n_items));
         }
         self.record_cost(msg.model, msg.padded_tokens, msg.elapsed);
-        if msg.n_items >= LOADED_BATCH {
+        // A batch formed under load: several inputs, or long ones that filled much of the token budget (with
+        // the CPU default budget, two 256-token inputs are a full batch).
+        if msg.n_items >= LOADED_BATCH || (msg.n_items > 0 && msg.padded_tokens * 2 >= self.config.max_batch_tokens) {
             let sample = msg.elapsed / msg.n_items as u32;
             let cost = &mut self.costs[msg.model];
             cost.input_cost = Some(cost.input_cost.map_or(sample, |ema| ema.mul_f64(0.8) + sample.mul_f64(0.2)));

@@ -252,7 +252,7 @@ pub(crate) async fn start(args: SupervisorArgs) -> Started {
 
 impl Started {
     /// Waits until every device is warm (Ok) or one failed to start (Err with its error, and whether the model
-    /// rather than the device is at fault).
+    /// rather than the device is at fault). The caller moves the daemon to `Phase::Ready`.
     pub async fn wait_ready(&self) -> Result<(), (String, bool)> {
         let startups = self.supervisor.ask(Startups).await.map_err(|e| (e.to_string(), false))?;
         for (index, mut startup) in startups.into_iter().enumerate() {
@@ -265,7 +265,6 @@ impl Started {
                 return Err((format!("device {index}: {message}"), model_error));
             }
         }
-        self.handle.state.set_phase(Phase::Ready);
         Ok(())
     }
 

@@ -11,12 +11,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use akidb::config::{DeviceConfig, ModelConfig};
 use akidb::engine::{self, EmbedOptions, ModelInfo};
-use common::{percentile, repo, sentences, Daemon};
+use common::{bench_in_background, percentile, repo, sentences, Daemon};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -94,32 +93,21 @@ fn main() {
     drop(fifo);
 
     let loaded = Daemon::start(dir.path(), "loaded", "");
-    let bulk_socket = loaded.socket.clone();
-    let mixed_owned = mixed_path.to_owned();
-    let bulk = std::thread::spawn(move || {
-        let output = Command::new(env!("CARGO_BIN_EXE_akictl"))
-            .arg("--socket")
-            .arg(&bulk_socket)
-            .args([
-                "bench",
-                "--concurrency",
-                "8",
-                "--depth",
-                "2",
-                "--batch",
-                "8",
-                "--mix",
-                "bulk",
-                "--duration",
-                "12",
-                "--texts",
-                &mixed_owned,
-                "--json",
-            ])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<Value>(&output.stdout).unwrap()
-    });
+    let bulk_args = [
+        "--concurrency",
+        "8",
+        "--depth",
+        "2",
+        "--batch",
+        "8",
+        "--mix",
+        "bulk",
+        "--duration",
+        "12",
+        "--texts",
+        mixed_path,
+    ];
+    let bulk = bench_in_background(&loaded.socket, bulk_args.iter().map(|s| (*s).to_owned()).collect());
     std::thread::sleep(Duration::from_secs(1));
     let rt_loaded = loaded.bench(&["--concurrency", "1", "--duration", "8", "--mix", "realtime", "--texts", short_path]);
     let bulk_run = bulk.join().unwrap();

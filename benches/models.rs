@@ -14,28 +14,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{repo, sentences, Daemon};
+use common::{bench_in_background, repo, sentences, Daemon};
 use serde_json::{json, Value};
-
-/// `akictl bench` in a thread of its own, against `socket`.
-fn bench_in_background(socket: &Path, args: Vec<String>) -> std::thread::JoinHandle<Value> {
-    let socket = socket.to_owned();
-    std::thread::spawn(move || {
-        let output = Command::new(env!("CARGO_BIN_EXE_akictl"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("bench")
-            .args(&args)
-            .arg("--json")
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        serde_json::from_slice(&output.stdout).unwrap()
-    })
-}
 
 fn bulk_args(model: &str, clients: usize, secs: u64, texts: &str) -> Vec<String> {
     let clients = clients.to_string();

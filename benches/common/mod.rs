@@ -107,3 +107,20 @@ impl Drop for Daemon {
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
+
+/// `akictl bench ARGS --json` in a thread of its own, against `socket`.
+pub fn bench_in_background(socket: &Path, args: Vec<String>) -> std::thread::JoinHandle<Value> {
+    let socket = socket.to_owned();
+    std::thread::spawn(move || {
+        let output = Command::new(env!("CARGO_BIN_EXE_akictl"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("bench")
+            .args(&args)
+            .arg("--json")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    })
+}

@@ -234,21 +234,20 @@ async fn queued(client: &mut akidb::client::Client, model: usize, class: &str) -
     client.status().await.unwrap().models[model].queues[class]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
+/// A daemon serving "minilm" (the default model) and "fp32", with about eight seconds of bulk work for "fp32"
+/// queued (sized from the throughput measured here, whatever this machine's speed); returns the daemon, the
+/// connection holding the backlog, a fresh client, and what was queued (requests, the texts, inputs/s).
+async fn fp32_bulk_backlog(text: &str, repeat: usize) -> (Daemon, akidb::client::Client, akidb::client::Client, usize, Vec<String>, f64) {
     let daemon = Daemon::start(&format!(
         "[[models]]\nname = \"minilm\"\ndir = {:?}\n[[models]]\nname = \"fp32\"\ndir = {:?}\n\
          [batcher]\nwarmup_seq_lengths = [16]\n",
         util::default_model_dir(),
         fp32_dir()
     ));
-    let long: Vec<String> = (0..16)
-        .map(|i| format!("{i} the robot arm moves the camera over the lidar mount and checks the wiring ").repeat(12))
-        .collect();
+    let long: Vec<String> = (0..16).map(|i| format!("{i} {text} ").repeat(repeat)).collect();
     let rate = inputs_per_second(&daemon, "fp32", &long).await;
-    // About eight seconds of bulk work for the fp32 model, whatever this machine's speed.
     let requests = ((rate * 8.0) as usize / long.len()).max(4);
-    let _bulk = backlog(&daemon, "fp32", &long, requests, Priority::Bulk).await;
+    let bulk = backlog(&daemon, "fp32", &long, requests, Priority::Bulk).await;
     let mut client = daemon.client().await;
     within(60, async {
         while queued(&mut client, 1, "bulk").await < long.len() as u64 {
@@ -256,6 +255,13 @@ async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
         }
     })
     .await;
+    (daemon, bulk, client, requests, long, rate)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
+    let (_daemon, _bulk, mut client, requests, long, rate) =
+        fp32_bulk_backlog("the robot arm moves the camera over the lidar mount and checks the wiring", 12).await;
     let realtime = EmbedParams {
         priority: Some(Priority::Realtime),
         cache: Some(false),
@@ -282,25 +288,8 @@ async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_whose_bulk_work_arrives_second_is_not_starved_by_the_first() {
-    let daemon = Daemon::start(&format!(
-        "[[models]]\nname = \"minilm\"\ndir = {:?}\n[[models]]\nname = \"fp32\"\ndir = {:?}\n\
-         [batcher]\nwarmup_seq_lengths = [16]\n",
-        util::default_model_dir(),
-        fp32_dir()
-    ));
-    let long: Vec<String> = (0..16)
-        .map(|i| format!("{i} the planner asks for the map of the second floor and the charging dock ").repeat(10))
-        .collect();
-    let rate = inputs_per_second(&daemon, "fp32", &long).await;
-    let requests = ((rate * 8.0) as usize / long.len()).max(4);
-    let _first = backlog(&daemon, "fp32", &long, requests, Priority::Bulk).await;
-    let mut client = daemon.client().await;
-    within(60, async {
-        while queued(&mut client, 1, "bulk").await < long.len() as u64 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let (_daemon, _first, mut client, _, long, _) =
+        fp32_bulk_backlog("the planner asks for the map of the second floor and the charging dock", 10).await;
     // The second model's bulk work: with first-come first-served it would wait for all of the first's.
     let params = EmbedParams {
         priority: Some(Priority::Bulk),

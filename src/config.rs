@@ -242,12 +242,14 @@ pub struct DeviceConfig {
     pub intra_threads: usize,
     /// CPU provider: keep ORT's memory arena (more throughput, more resident memory).
     pub cpu_arena: bool,
-    /// Let ORT's intra-op threads spin while waiting for work (ORT's default). Off, they sleep: the cores stay
-    /// free for the daemon's I/O and for the other processes of the machine. Unset: spin when the device holds one
-    /// model, sleep when it holds several (each session has its own threads, and those of the idle sessions
-    /// spinning took a third of the device from the running one: measured, two models' bulk loads at once got
-    /// 0.62-0.72 of their alone throughput in all with spinning, 0.93-1.04 without).
+    /// Let ORT's intra-op threads spin while waiting for work (ORT's default; unset = true). Off, they sleep: the
+    /// cores stay free for the daemon's I/O and for the other processes of the machine. With one CPU device holding
+    /// several models, its sessions share one pool of threads that spin as this says (see `daemon`).
     pub spin: Option<bool>,
+    /// Set by the daemon, not by configuration: this device's sessions use the ONNX Runtime environment's shared
+    /// thread pool, so their own thread settings are not applied.
+    #[serde(skip)]
+    pub shared_pool: bool,
     /// Providers to try, in order, when `ep` does not register. Empty: startup fails instead.
     pub fallback: Vec<EpKind>,
     /// Make session creation fail if any node would run on the CPU (GPU providers only).
@@ -824,6 +826,7 @@ impl Default for DeviceConfig {
             intra_threads: 0,
             cpu_arena: false,
             spin: None,
+            shared_pool: false,
             fallback: Vec::new(),
             disable_cpu_fallback: false,
             tensorrt: TensorrtConfig::default(),

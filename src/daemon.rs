@@ -53,7 +53,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
         });
     }
     let library = engine::ort_library_path(&config.ort);
-    let env = engine::environment(&library).map_err(DaemonError::Runtime)?;
+    // One CPU device holding several models: its sessions share one thread pool (each session's own pool would
+    // spin against the running session while idle; see `engine::environment_with_shared_pool`).
+    let mut config = config;
+    let shared_pool = match config.effective_devices().as_slice() {
+        [device] if device.ep == crate::config::EpKind::Cpu && models.len() > 1 => {
+            Some((device.intra_threads, device.spin.unwrap_or(true)))
+        }
+        _ => None,
+    };
+    let env = match shared_pool {
+        Some((threads, spin)) => {
+            let mut device = config.effective_devices().remove(0);
+            device.shared_pool = true;
+            config.devices = vec![device];
+            engine::environment_with_shared_pool(&library, threads, spin)
+        }
+        None => engine::environment(&library),
+    }
+    .map_err(DaemonError::Runtime)?;
     let socket = config.socket_path();
     let bound = match systemd::activated_socket() {
         Ok(Some(fd)) => {

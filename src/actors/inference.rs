@@ -198,11 +198,8 @@ fn build_session(args: &InferenceArgs, model: usize) -> Result<(Session, Vec<(us
     let started = Instant::now();
     let served = &args.models[model];
     let info = &served.info;
-    // Sessions sharing a device: their idle threads must not spin against the running one.
-    let mut device = args.device.clone();
-    device.spin.get_or_insert(args.holds.len() == 1);
     let mut engine = Box::new(
-        OrtEngine::load(&args.env, info.as_ref().clone(), served.tokenizer.clone(), &device)
+        OrtEngine::load(&args.env, info.as_ref().clone(), served.tokenizer.clone(), &args.device)
             .map_err(|e| (format!("model {}: {e}", info.name), matches!(e, EngineError::Model { .. })))?,
     );
     let filler = served

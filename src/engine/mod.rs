@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 pub use crate::config::EpKind;
 pub use model::{ModelInfo, Pooling, MAX_TOKENS_CAP};
-pub use session::{environment, load_engine, ort_library_path, ort_version, OrtEngine, SETUP_ORT_LIBRARY};
+pub use session::{environment, environment_with_shared_pool, load_engine, ort_library_path, ort_version, OrtEngine, SETUP_ORT_LIBRARY};
 pub use tokenizer::{Encoded, TextTokenizer};
 
 /// Everything that can go wrong in the engine.

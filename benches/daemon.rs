@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use akidb::config::{DeviceConfig, ModelConfig};
 use akidb::engine::{self, EmbedOptions, ModelInfo};
-use common::{bench_in_background, percentile, repo, sentences, Daemon};
+use common::{bench_in_background, bulk_args, percentile, repo, sentences, Daemon};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -93,21 +93,7 @@ fn main() {
     drop(fifo);
 
     let loaded = Daemon::start(dir.path(), "loaded", "");
-    let bulk_args = [
-        "--concurrency",
-        "8",
-        "--depth",
-        "2",
-        "--batch",
-        "8",
-        "--mix",
-        "bulk",
-        "--duration",
-        "12",
-        "--texts",
-        mixed_path,
-    ];
-    let bulk = bench_in_background(&loaded.socket, bulk_args.iter().map(|s| (*s).to_owned()).collect());
+    let bulk = bench_in_background(&loaded.socket, bulk_args(None, 8, 12, mixed_path));
     std::thread::sleep(Duration::from_secs(1));
     let rt_loaded = loaded.bench(&["--concurrency", "1", "--duration", "8", "--mix", "realtime", "--texts", short_path]);
     let bulk_run = bulk.join().unwrap();

@@ -16,32 +16,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{bench_in_background, repo, sentences, Daemon};
+use common::{bench_in_background, bulk_args, repo, sentences, Daemon};
 use serde_json::{json, Value};
-
-fn bulk_args(model: &str, clients: usize, secs: u64, texts: &str) -> Vec<String> {
-    let clients = clients.to_string();
-    let secs = secs.to_string();
-    [
-        "--model",
-        model,
-        "--concurrency",
-        &clients,
-        "--depth",
-        "2",
-        "--batch",
-        "8",
-        "--mix",
-        "bulk",
-        "--duration",
-        &secs,
-        "--texts",
-        texts,
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -83,7 +59,7 @@ fn main() {
 
     // One model served: realtime behind bulk of the same model.
     let single = Daemon::start(dir.path(), "single", "");
-    let bulk = bench_in_background(&single.socket, bulk_args(name, 8, 12, mixed));
+    let bulk = bench_in_background(&single.socket, bulk_args(Some(name), 8, 12, mixed));
     std::thread::sleep(Duration::from_secs(1));
     let args = realtime(name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -100,12 +76,14 @@ fn main() {
             repo().join("models/all-MiniLM-L6-v2")
         ),
     );
-    let alone_small = bench_in_background(&two.socket, bulk_args(name, 8, 8, mixed)).join().unwrap();
-    let alone_fp32 = bench_in_background(&two.socket, bulk_args("fp32", 8, 8, mixed)).join().unwrap();
-    let both_small = bench_in_background(&two.socket, bulk_args(name, 4, 10, mixed));
-    let both_fp32 = bench_in_background(&two.socket, bulk_args("fp32", 4, 10, mixed));
+    let alone_small = bench_in_background(&two.socket, bulk_args(Some(name), 8, 8, mixed)).join().unwrap();
+    let alone_fp32 = bench_in_background(&two.socket, bulk_args(Some("fp32"), 8, 8, mixed))
+        .join()
+        .unwrap();
+    let both_small = bench_in_background(&two.socket, bulk_args(Some(name), 4, 10, mixed));
+    let both_fp32 = bench_in_background(&two.socket, bulk_args(Some("fp32"), 4, 10, mixed));
     let (both_small, both_fp32) = (both_small.join().unwrap(), both_fp32.join().unwrap());
-    let bulk = bench_in_background(&two.socket, bulk_args("fp32", 8, 12, mixed));
+    let bulk = bench_in_background(&two.socket, bulk_args(Some("fp32"), 8, 12, mixed));
     std::thread::sleep(Duration::from_secs(1));
     let args = realtime(name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

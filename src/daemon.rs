@@ -96,7 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     };
     let devices = config.effective_devices();
     let kinds: Vec<String> = devices.iter().map(|d| d.ep.to_string()).collect();
-    let infos: Vec<ModelInfo> = models.iter().map(|m| m.info.as_ref().clone()).collect();
+    let infos: Vec<Arc<ModelInfo>> = models.iter().map(|m| m.info.clone()).collect();
     let names: Vec<String> = infos.iter().map(|m| m.name.clone()).collect();
     let largest_dim = infos.iter().map(|m| m.dim).max().unwrap_or(0);
     let cache = Arc::new(crate::cache::EmbedCache::new(config.cache.max_bytes, largest_dim, names.clone()));

@@ -124,3 +124,26 @@ pub fn bench_in_background(socket: &Path, args: Vec<String>) -> std::thread::Joi
         serde_json::from_slice(&output.stdout).unwrap()
     })
 }
+
+/// `akictl bench` arguments for a bulk load: `clients` connections, 2 requests of 8 texts in flight each, for
+/// `secs` seconds, texts from `texts`; on `model` (None: the default model).
+pub fn bulk_args(model: Option<&str>, clients: usize, secs: u64, texts: &str) -> Vec<String> {
+    let mut args: Vec<String> = model.map(|m| vec!["--model".to_owned(), m.to_owned()]).unwrap_or_default();
+    let (clients, secs) = (clients.to_string(), secs.to_string());
+    let rest = [
+        "--concurrency",
+        &clients,
+        "--depth",
+        "2",
+        "--batch",
+        "8",
+        "--mix",
+        "bulk",
+        "--duration",
+        &secs,
+        "--texts",
+        texts,
+    ];
+    args.extend(rest.iter().map(|s| (*s).to_owned()));
+    args
+}

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -77,8 +77,8 @@ pub(crate) struct DeviceShared {
 pub(crate) struct DaemonState {
     started: Instant,
     phase: AtomicU8,
-    /// The served models, the default one first.
-    pub models: Vec<ModelInfo>,
+    /// The served models, the default one first (the same descriptions the actors hold).
+    pub models: Vec<Arc<ModelInfo>>,
     /// Per model, the indexes of the devices that hold a session of it.
     pub model_devices: Vec<Vec<usize>>,
     pub devices: Vec<DeviceShared>,
@@ -107,7 +107,7 @@ pub(crate) struct DaemonState {
     /// Set when a graceful stop runs out of time: no batch runs any more (see `WorkStopper`).
     pub work_cut: AtomicBool,
     /// The embedding cache, consulted where requests enter the actors.
-    pub cache: std::sync::Arc<crate::cache::EmbedCache>,
+    pub cache: Arc<crate::cache::EmbedCache>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,10 +123,10 @@ struct Sample {
 impl DaemonState {
     /// `model_devices`: per model, the devices that hold it.
     pub fn new(
-        models: Vec<ModelInfo>,
+        models: Vec<Arc<ModelInfo>>,
         model_devices: Vec<Vec<usize>>,
         device_kinds: &[String],
-        cache: std::sync::Arc<crate::cache::EmbedCache>,
+        cache: Arc<crate::cache::EmbedCache>,
     ) -> DaemonState {
         let devices = device_kinds
             .iter()
@@ -419,7 +419,7 @@ impl DeviceShared {
         }
     }
 
-    fn status(&self, models: &[ModelInfo]) -> DeviceStatus {
+    fn status(&self, models: &[Arc<ModelInfo>]) -> DeviceStatus {
         let state = match self.state() {
             DeviceState::Starting => "starting",
             DeviceState::Ready => "ready",
@@ -514,7 +514,7 @@ mod tests {
             head_modules: Vec::new(),
         };
         let cache = std::sync::Arc::new(crate::cache::EmbedCache::new(0, 4, vec!["m".into()]));
-        let state = DaemonState::new(vec![model], vec![vec![0]], &["cpu".to_owned()], cache);
+        let state = DaemonState::new(vec![Arc::new(model)], vec![vec![0]], &["cpu".to_owned()], cache);
         assert_eq!(state.health(), "starting");
         state.devices[0].set_state(DeviceState::Ready);
         state.set_phase(Phase::Ready);

@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_PENDING_REPLIES: usize = 1024;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Default token budget of one batch (padded tokens: batch size × longest input).
 pub const DEFAULT_MAX_BATCH_TOKENS: usize = 512;
+/// A model whose weights (ONNX file and external data) are at least this large gets ORT's CPU memory arena unless
+/// `cpu_arena` says otherwise.
+pub const LARGE_MODEL_BYTES: u64 = 512 * 1024 * 1024;
 /// Default maximum number of inputs in one batch.
 pub const DEFAULT_MAX_BATCH_SIZE: usize = 32;
 /// Default time the batcher waits for a batch to fill while a device is idle.
@@ -240,8 +243,9 @@ pub struct DeviceConfig {
     pub device_id: u32,
     /// ORT intra-op threads (0 = ORT's default: one per core).
     pub intra_threads: usize,
-    /// CPU provider: keep ORT's memory arena (more throughput, more resident memory).
-    pub cpu_arena: bool,
+    /// CPU provider: keep ORT's memory arena. Unset: on for a model whose weights are at least
+    /// [`LARGE_MODEL_BYTES`], off for a smaller one (see `engine::session` for the measurements behind the rule).
+    pub cpu_arena: Option<bool>,
     /// Let ORT's intra-op threads spin while waiting for work (ORT's default; unset = true). Off, they sleep: the
     /// cores stay free for the daemon's I/O and for the other processes of the machine. With one CPU device holding
     /// several models, its sessions share one pool of threads that spin as this says (see `daemon`).
@@ -824,7 +828,7 @@ impl Default for DeviceConfig {
             ep: EpKind::Cpu,
             device_id: 0,
             intra_threads: 0,
-            cpu_arena: false,
+            cpu_arena: None,
             spin: None,
             shared_pool: false,
             fallback: Vec::new(),

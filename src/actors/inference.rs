@@ -49,6 +49,8 @@ pub(crate) struct InferenceArgs {
     pub warmup_seq_lengths: Vec<usize>,
     pub warmup_batch: usize,
     pub warmup_after_ready: bool,
+    /// The batch token budget (`batcher.max_batch_tokens`): runs up to it keep their CPU arena memory.
+    pub batch_tokens: usize,
     pub startup: Arc<watch::Sender<Startup>>,
 }
 
@@ -202,6 +204,10 @@ fn build_session(args: &InferenceArgs, model: usize) -> Result<(Session, Vec<(us
         OrtEngine::load(&args.env, info.as_ref().clone(), served.tokenizer.clone(), &args.device)
             .map_err(|e| (format!("model {}: {e}", info.name), matches!(e, EngineError::Model { .. })))?,
     );
+    engine.keep_arena_for(args.batch_tokens);
+    if engine.has_arena() {
+        tracing::info!(model = %info.name, device = args.index, "CPU memory arena on");
+    }
     let filler = served
         .tokenizer
         .encode(&"robot ".repeat(info.max_tokens), true)

@@ -113,6 +113,7 @@ impl Actor for Supervisor {
                 warmup_seq_lengths: batcher_cfg.warmup_seq_lengths.clone(),
                 warmup_batch: batcher_cfg.max_batch_size.min(8),
                 warmup_after_ready: batcher_cfg.warmup_after_ready,
+                batch_tokens: batcher_cfg.max_batch_tokens,
                 startup: Arc::new(startup_tx),
             };
             device_args.push(inference_args.clone());

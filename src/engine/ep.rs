@@ -11,16 +11,20 @@ use ort::ep::{self, ExecutionProviderDispatch};
 use sha2::{Digest, Sha256};
 
 use super::trt_cache::TrtCache;
-use crate::config::{DeviceConfig, EpKind};
+use crate::config::{DeviceConfig, EpKind, LARGE_MODEL_BYTES};
 
 /// Builds the registration for one provider kind with the device's settings.
-/// `trt_cache`: the profile and the directory to build or load engines in (none: no engine cache).
-pub(crate) fn dispatch(kind: EpKind, device: &DeviceConfig, trt_cache: Option<(&TrtCache, Option<&Path>)>) -> ExecutionProviderDispatch {
+/// `trt_cache`: the profile and the directory to build or load engines in (none: no engine cache); `arena`: the
+/// CPU provider keeps ORT's memory arena (see [`cpu_arena`]).
+pub(crate) fn dispatch(
+    kind: EpKind,
+    device: &DeviceConfig,
+    trt_cache: Option<(&TrtCache, Option<&Path>)>,
+    arena: bool,
+) -> ExecutionProviderDispatch {
     let device_id = device.device_id as i32;
     match kind {
-        // The arena keeps the peak of the largest batch: ~170 MB more resident memory (388 vs 217 MB here) for
-        // ~10% more throughput. Off by default (robots share their memory); `cpu_arena = true` turns it on.
-        EpKind::Cpu => ep::CPU::default().with_arena_allocator(device.cpu_arena).build().error_on_failure(),
+        EpKind::Cpu => ep::CPU::default().with_arena_allocator(arena).build().error_on_failure(),
         EpKind::Cuda => ep::CUDA::default().with_device_id(device_id).build().error_on_failure(),
         EpKind::Coreml => ep::CoreML::default().build().error_on_failure(),
         EpKind::Tensorrt => {
@@ -47,6 +51,19 @@ pub(crate) fn dispatch(kind: EpKind, device: &DeviceConfig, trt_cache: Option<(&
             provider.build().error_on_failure()
         }
     }
+}
+
+/// Whether a CPU session of a model with `weight_bytes` of weights keeps ORT's memory arena: `cpu_arena` when
+/// set, else on for a large model ([`LARGE_MODEL_BYTES`]).
+///
+/// The arena keeps the activations of the largest run it has served. For MiniLM (90 MB of weights) that is about
+/// as much again as the weights (~170 MB: 388 vs 217 MB resident) for ~10% more throughput: off. For a
+/// Qwen3-Embedding-0.6B-shaped decoder (2.4 GB) without it, glibc's heap kept 2.2 GB more after one 512-token
+/// input (resident 4.0 vs 1.87 GB with the arena) and the first run of each new shape spent most of its time in
+/// page faults (12.8 vs 3.5 s): on. Runs larger than the batch token budget give their arena memory back (see
+/// `OrtEngine::keep_arena_for`), so the arena holds at most one budget-sized batch's activations.
+pub(crate) fn cpu_arena(device: &DeviceConfig, weight_bytes: u64) -> bool {
+    device.cpu_arena.unwrap_or(weight_bytes >= LARGE_MODEL_BYTES)
 }
 
 /// The default root of TensorRT engine caches: `$CACHE_DIRECTORY/tensorrt` under systemd, else
@@ -94,6 +111,23 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_arena_is_on_for_large_models_unless_configured() {
+        let auto = DeviceConfig::default();
+        assert!(!cpu_arena(&auto, 90 << 20), "MiniLM-sized");
+        assert!(cpu_arena(&auto, 2_400_000_000), "0.6B-sized");
+        let off = DeviceConfig {
+            cpu_arena: Some(false),
+            ..DeviceConfig::default()
+        };
+        assert!(!cpu_arena(&off, 2_400_000_000));
+        let on = DeviceConfig {
+            cpu_arena: Some(true),
+            ..DeviceConfig::default()
+        };
+        assert!(cpu_arena(&on, 90 << 20));
+    }
 
     #[test]
     fn ort_version_is_read_from_the_build_string() {

@@ -121,13 +121,15 @@ pub trait Embedder: Send {
 /// Stops an engine's session run in progress, from any thread: ONNX Runtime's terminate flag, checked between
 /// kernels, makes the run return an error. The next run clears it.
 #[derive(Clone)]
-pub struct RunStopper(pub(crate) Arc<ort::session::RunOptions>);
+pub struct RunStopper(pub(crate) Vec<Arc<ort::session::RunOptions>>);
 
 impl RunStopper {
     /// Asks the run in progress (if any) to stop.
     pub fn stop(&self) {
-        if let Err(err) = self.0.terminate() {
-            tracing::warn!(error = %err, "could not stop a session run");
+        for options in &self.0 {
+            if let Err(err) = options.terminate() {
+                tracing::warn!(error = %err, "could not stop a session run");
+            }
         }
     }
 }

@@ -32,6 +32,11 @@ pub struct OrtEngine {
     pending_cache: Option<(PathBuf, PathBuf)>,
     /// The options every run goes with; their terminate flag stops a run from another thread.
     run_options: Arc<RunOptions>,
+    /// With ORT's CPU arena: the options of a run larger than `arena_ceiling`, which give its arena memory back
+    /// once it ends.
+    shrink_options: Option<Arc<RunOptions>>,
+    /// Padded tokens (rows × longest row) up to which a run's arena memory is kept for the next one.
+    arena_ceiling: usize,
     feeds: Feeds,
     output: Output,
 }
@@ -147,9 +152,19 @@ impl OrtEngine {
         let feeds = feeds(&session, &model.onnx_path)?;
         let output = output(&session, &model)?;
         let precision = precision(&model, active_ep, device);
-        let run_options = Arc::new(RunOptions::new().map_err(|e| EngineError::Inference(e.to_string()))?);
+        let inference = |e: ort::Error| EngineError::Inference(e.to_string());
+        let run_options = Arc::new(RunOptions::new().map_err(inference)?);
+        let shrink_options = if active_ep == EpKind::Cpu && ep::cpu_arena(device, model.weight_bytes()) {
+            let mut options = RunOptions::new().map_err(inference)?;
+            options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(inference)?;
+            Some(Arc::new(options))
+        } else {
+            None
+        };
         let mut engine = OrtEngine {
             run_options,
+            shrink_options,
+            arena_ceiling: crate::config::DEFAULT_MAX_BATCH_TOKENS,
             session,
             model,
             tokenizer,
@@ -172,6 +187,17 @@ impl OrtEngine {
                 Err(reason) => tracing::warn!(%reason, "TensorRT engines not cached"),
             }
         }
+    }
+
+    /// Keeps the CPU arena's memory after runs of up to `tokens` padded tokens (the batch token budget); a larger
+    /// run (one input longer than the budget) gives what it took back when it ends. No effect without the arena.
+    pub fn keep_arena_for(&mut self, tokens: usize) {
+        self.arena_ceiling = tokens.max(1);
+    }
+
+    /// Whether this engine's CPU session keeps ORT's memory arena.
+    pub fn has_arena(&self) -> bool {
+        self.shrink_options.is_some()
     }
 
     /// The tokenizer this engine's inputs must come from.
@@ -415,7 +441,8 @@ impl Embedder for OrtEngine {
     }
 
     fn run_stopper(&self) -> Option<crate::engine::RunStopper> {
-        Some(crate::engine::RunStopper(self.run_options.clone()))
+        let options = std::iter::once(&self.run_options).chain(&self.shrink_options).cloned().collect();
+        Some(crate::engine::RunStopper(options))
     }
 
     fn run(&mut self, batch: &[&Encoded]) -> Result<Vec<Vec<f32>>, EngineError> {
@@ -423,11 +450,16 @@ impl Embedder for OrtEngine {
         let pooling = self.model.pooling;
         let left = pooling.pads_left();
         let Output { name, pooled, element } = self.output.clone();
+        let padded = batch.len() * batch.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let options = match &self.shrink_options {
+            Some(shrink) if padded > self.arena_ceiling => shrink,
+            _ => &self.run_options,
+        };
         // A stop asked for after the previous run ended must not cancel this one.
-        let _ = self.run_options.unterminate();
+        let _ = options.unterminate();
         let outputs = self
             .session
-            .run_with_options(inputs, &*self.run_options)
+            .run_with_options(inputs, &**options)
             .map_err(|e| EngineError::Inference(e.to_string()))?;
         let value = outputs
             .get(&name)
@@ -570,7 +602,7 @@ fn provider_registers(env: &Environment, device: &DeviceConfig) -> bool {
         .ok()
         .map(|builder| {
             builder
-                .with_execution_providers([ep::dispatch(EpKind::Tensorrt, device, None)])
+                .with_execution_providers([ep::dispatch(EpKind::Tensorrt, device, None, false)])
                 .is_ok()
         })
         .unwrap_or(false)
@@ -594,7 +626,7 @@ fn build_with(
         builder = builder.with_intra_op_spinning(device.spin.unwrap_or(true)).map_err(provider)?;
     }
     builder = builder
-        .with_execution_providers([ep::dispatch(kind, device, trt)])
+        .with_execution_providers([ep::dispatch(kind, device, trt, ep::cpu_arena(device, model.weight_bytes()))])
         .map_err(provider)?;
     if device.disable_cpu_fallback && kind != EpKind::Cpu {
         builder = builder.with_disable_cpu_fallback().map_err(provider)?;

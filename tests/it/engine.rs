@@ -307,3 +307,42 @@ fn a_run_in_progress_can_be_stopped_from_another_thread() {
     // The next run is not affected by the stop.
     assert_eq!(engine.embed(&texts[..2], &options).unwrap().embeddings.len(), 2);
 }
+
+#[test]
+fn with_the_cpu_arena_a_run_over_the_budget_gives_its_memory_back_and_computes_the_same() {
+    let dir = util::default_model_dir();
+    let model = util::model_info(&dir);
+    let off = DeviceConfig {
+        cpu_arena: Some(false),
+        ..DeviceConfig::default()
+    };
+    assert!(
+        !engine::load_engine(&util::env(), &model, &DeviceConfig::default())
+            .unwrap()
+            .has_arena(),
+        "MiniLM is small: no arena by default"
+    );
+    let mut plain = engine::load_engine(&util::env(), &model, &off).unwrap();
+    let mut arena = engine::load_engine(
+        &util::env(),
+        &model,
+        &DeviceConfig {
+            cpu_arena: Some(true),
+            ..DeviceConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(arena.has_arena());
+    // 32 padded tokens are kept; the 4 x ~200-token batch is over that and shrinks the arena when it ends.
+    arena.keep_arena_for(32);
+    let texts = vec!["the robot arm moves each heavy box from the pallet to the shelf ".repeat(15); 4];
+    let options = EmbedOptions::default();
+    for batch in [&texts[..1], &texts[..], &texts[..2]] {
+        let a = arena.embed(batch, &options).unwrap().embeddings;
+        let b = plain.embed(batch, &options).unwrap().embeddings;
+        for (x, y) in a.iter().zip(&b) {
+            let cos: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+            assert!(cos > 0.999_999, "arena and plain runs agree (cos {cos})");
+        }
+    }
+}

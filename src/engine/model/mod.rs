@@ -63,6 +63,14 @@ pub struct ModelInfo {
 // === impl ModelInfo ===
 
 impl ModelInfo {
+    /// Bytes of the ONNX file and its external data files (0 for a file that cannot be read).
+    pub fn weight_bytes(&self) -> u64 {
+        std::iter::once(&self.onnx_path)
+            .chain(&self.external_data)
+            .map(|file| std::fs::metadata(file).map_or(0, |m| m.len()))
+            .sum()
+    }
+
     /// Reads the model directory and applies the config's overrides.
     pub fn load(config: &ModelConfig) -> Result<ModelInfo, EngineError> {
         let dir = config.dir.clone();

@@ -124,6 +124,12 @@ async fn export_with_external_data_serves_the_same_vectors() {
 }
 
 #[tokio::test]
+async fn an_opset_23_export_with_attention_operators_serves_the_same_vectors() {
+    // Attention, RotaryEmbedding and RMSNormalization nodes and a position_ids input (export.py --attention-op).
+    check_layout("model_attention_op.onnx", 0.99999).await;
+}
+
+#[tokio::test]
 async fn an_fp16_model_serves_the_same_vectors() {
     check_layout("model_fp16.onnx", 0.9999).await;
 }

@@ -3,7 +3,7 @@
     target/pyenv/bin/python -I tools/decoder-fixture/long_load.py MODEL_DIR
 
 Starts target/release/akidbd on MODEL_DIR (e.g. the export of `make.py --full-size`) with a NOTIFY_SOCKET this
-script reads and WatchdogSec 30 s; then 2 clients x 2 rounds x 8 passages of ~180 tokens and one ~3,150-token
+script reads and WatchdogSec 30 s; then 2 clients x 2 rounds x 8 passages of ~180 tokens and one ~3,000-token
 input at once (cache bypassed). Prints READY time, each request's outcome and time, the watchdog pings during the
 load and their widest gap, restarts, errors and peak RSS.
 """
@@ -49,7 +49,7 @@ def huge():
     cl = Client("/tmp/q6.sock", timeout=900)
     t = time.monotonic()
     try:
-        rep = cl.result_reply(cl.submit([passage * 90], cache=False)); results.append((f"ok huge {rep['tokens']} tokens", time.monotonic()-t))
+        rep = cl.result_reply(cl.submit([passage * 55], cache=False)); results.append((f"ok huge {rep['tokens']} tokens", time.monotonic()-t))
     except Exception as e: results.append((repr(e), time.monotonic()-t))
 load_start = time.monotonic()
 ts = [threading.Thread(target=client, args=(k,)) for k in range(2)] + [threading.Thread(target=huge)]

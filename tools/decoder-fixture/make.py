@@ -121,6 +121,20 @@ def export(module, args, names, outputs, path, dynamic):
     onnx.checker.check_model(path)
 
 
+def export_attention_op(module, ids, mask, path, external_data=True):
+    """input_ids, attention_mask, position_ids -> last_hidden_state at ONNX opset 23 through torch's dynamo exporter:
+    SDPA becomes one Attention node per layer (with RotaryEmbedding and RMSNormalization), which ONNX Runtime runs
+    keeping one batch x heads x seq x seq tensor per layer instead of the four or five of attention spelled out
+    (export.py --attention-op). The module's model must use attn_implementation "sdpa"."""
+    positions = torch.arange(ids.shape[1]).expand_as(ids).contiguous()
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    axes = {0: batch, 1: seq}
+    torch.onnx.export(module, (ids, mask, positions), path, input_names=["input_ids", "attention_mask", "position_ids"],
+                      output_names=["last_hidden_state"], dynamic_shapes=(axes, axes, axes), opset_version=23,
+                      dynamo=True, external_data=external_data)
+    onnx.checker.check_model(path)
+
+
 class Hidden(torch.nn.Module):
     """input_ids, attention_mask[, position_ids] -> last_hidden_state."""
 
@@ -379,7 +393,11 @@ def main():
     odd = onnx.load(os.path.join(out, "model.onnx"))
     odd.graph.input.append(helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3]))
     onnx.save(odd, os.path.join(out, "model_odd_input.onnx"))
+    # The same transformer with SDPA attention, exported at opset 23 (one Attention node per layer).
+    sdpa = Qwen3Model.from_pretrained(transformer_dir, attn_implementation="sdpa").eval()
+    export_attention_op(Hidden(sdpa), ids, mask, os.path.join(out, "model_attention_op.onnx"), external_data=False)
     checks = {
+        "model_attention_op.onnx": ort_check(os.path.join(out, "model_attention_op.onnx"), st, CORPUS, True),
         "model.onnx": ort_check(os.path.join(out, "model.onnx"), st, CORPUS),
         "model_position_ids.onnx": ort_check(os.path.join(out, "model_position_ids.onnx"), st, CORPUS, True),
         "model_external.onnx": ort_check(os.path.join(out, "model_external.onnx"), st, CORPUS),

@@ -188,6 +188,8 @@ def main():
     parser.add_argument("model_dir")
     parser.add_argument("--out", default=os.path.join(REPO, "target", "peers.json"))
     parser.add_argument("--skip", action="append", default=[], choices=["akidbd", "ort", "st"])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the systems in turn this many times (this machine drifts between runs)")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_dir = os.path.abspath(args.model_dir)
@@ -196,14 +198,16 @@ def main():
         return
     results = {"model": model_dir, "machine": os.uname().nodename, "cpus": os.cpu_count(),
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    for name in ("akidbd", "ort", "st"):
-        if name in args.skip:
-            continue
-        out = subprocess.run([sys.executable, __file__, model_dir, "--only", name], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
-        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(name, results[name], flush=True)
+    for round_ in range(args.rounds):
+        for name in ("akidbd", "ort", "st"):
+            if name in args.skip:
+                continue
+            out = subprocess.run([sys.executable, __file__, model_dir, "--only", name], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+            key = name if args.rounds == 1 else f"{name}_round{round_ + 1}"
+            results[key] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(key, results[key], flush=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

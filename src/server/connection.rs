@@ -29,8 +29,15 @@ use crate::protocol::{read_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
 /// How long the writer may take to hand one reply to a client that reads slowly before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves one connection until the client closes it, a framing error occurs, or `close` is cancelled.
-pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<ConnectionPolicy>, close: CancellationToken) {
+/// Serves one connection until the client closes it, a framing error occurs, `close` is cancelled, or the daemon
+/// is stopping (`stopping`) and the connection has no request in flight.
+pub(crate) async fn run(
+    stream: Stream,
+    handle: DaemonHandle,
+    policy: Arc<ConnectionPolicy>,
+    close: CancellationToken,
+    stopping: CancellationToken,
+) {
     let (mut reader, writer) = tokio::io::split(stream);
     let (replies, receiver) = mpsc::channel::<Vec<u8>>(policy.max_pending_replies);
     // Cancelled when a reply cannot be written (the peer is gone): its other requests are dropped, so that their
@@ -48,8 +55,11 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
             },
         };
         let frame = tokio::select! {
+            // A frame already there is read first (and refused `shutting_down` while stopping).
+            biased;
             _ = close.cancelled() => break,
             frame = read_frame(&mut reader, &policy.limits) => frame,
+            () = idle_while_stopping(&stopping, &requests) => break,
         };
         let body = match frame {
             Ok(Some(body)) => body,
@@ -110,6 +120,17 @@ pub(crate) async fn run(stream: Stream, handle: DaemonHandle, policy: Arc<Connec
     }
     drop(replies);
     let _ = writer_task.await;
+}
+
+/// Resolves once the daemon is stopping and this connection has no request in flight, so that a client that
+/// keeps an idle connection open does not hold the stop until the grace period ends (it sees the connection
+/// close). A connection with requests in flight stays open until they are answered; what it sends meanwhile is
+/// refused `shutting_down`.
+async fn idle_while_stopping(stopping: &CancellationToken, requests: &TaskTracker) {
+    stopping.cancelled().await;
+    while !requests.is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Writes replies as they complete; replies that are ready together go out in one write.

@@ -160,9 +160,9 @@ pub(crate) async fn serve(bound: Bound, handle: DaemonHandle, config: &ServerCon
             Admission::Refused => continue,
             Admission::Stopping => break,
         };
-        let (handle, policy, close) = (handle.clone(), policy.clone(), close_all.child_token());
+        let (handle, policy, close, stopping) = (handle.clone(), policy.clone(), close_all.child_token(), stop.clone());
         tracker.spawn(async move {
-            admit_and_serve(stream, handle, policy, close).await;
+            admit_and_serve(stream, handle, policy, close, stopping).await;
             drop(slot);
         });
     }
@@ -212,7 +212,13 @@ pub(crate) async fn admit(
     Admission::Admitted(slot)
 }
 
-async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<ConnectionPolicy>, close: CancellationToken) {
+async fn admit_and_serve(
+    stream: Stream,
+    handle: DaemonHandle,
+    policy: Arc<ConnectionPolicy>,
+    close: CancellationToken,
+    stopping: CancellationToken,
+) {
     let creds = stream.peer_creds().ok();
     let uid = creds.as_ref().and_then(|c| c.euid());
     let gid = creds.as_ref().and_then(|c| c.egid());
@@ -244,7 +250,7 @@ async fn admit_and_serve(stream: Stream, handle: DaemonHandle, policy: Arc<Conne
         .await;
         return;
     }
-    connection::run(stream, handle, policy, close).await;
+    connection::run(stream, handle, policy, close, stopping).await;
 }
 
 impl Drop for Bound {

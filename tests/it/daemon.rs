@@ -402,6 +402,33 @@ async fn a_device_past_its_restart_limit_leaves_the_daemon_degraded_and_unavaila
 }
 
 #[test]
+fn an_idle_connection_does_not_hold_the_stop() {
+    // A client that keeps its connection open between requests (as robots' processes do) must not make every
+    // stop wait out the grace period: with nothing in flight, its connection is closed at once.
+    let mut daemon = Daemon::start("[server]\nshutdown_grace_ms = 60000\n");
+    let runtime = util::runtime();
+    let socket = daemon.socket.clone();
+    let mut client = runtime.block_on(async {
+        let mut client = akidb::client::Client::connect(&socket).await.unwrap();
+        client.embed(&["still connected"], &EmbedParams::default()).await.unwrap();
+        client
+    });
+    let started = tokio::time::Instant::now();
+    daemon.signal("TERM");
+    let code = daemon.wait_exit(Duration::from_secs(30));
+    let took = started.elapsed();
+    assert_eq!(
+        code,
+        Some(0),
+        "stopped within 30 s of a 60 s grace period ({took:?}):\n{}",
+        daemon.log()
+    );
+    util::say(&format!("stop with one idle connection open: {took:?}"));
+    let after = runtime.block_on(within(10, client.embed(&["after the stop"], &EmbedParams::default())));
+    assert!(after.is_err(), "the idle connection was closed, not served: {after:?}");
+}
+
+#[test]
 fn sigterm_with_requests_in_flight_loses_none() {
     let mut daemon = Daemon::start("");
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,7 @@ Needs: torch, transformers, sentence-transformers, onnx, onnxruntime (pip). Down
 
   python3 tools/decoder-fixture/make.py                        # the committed test fixture (a few hundred KB)
   python3 tools/decoder-fixture/make.py --full-size --out DIR  # Qwen3-Embedding-0.6B's exact shape (2.4 GB)
+  python3 tools/decoder-fixture/make.py --full-size --attention-op --out DIR  # the same, opset 23 Attention
 """
 
 import argparse
@@ -291,6 +292,8 @@ def main():
     parser.add_argument("--max-seq-length", type=int, default=80)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-weights", action="store_true", help="keep the safetensors (for export.py)")
+    parser.add_argument("--attention-op", action="store_true",
+                        help="with --full-size: export at opset 23 with Attention operators (as export.py --attention-op)")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     if args.full_size:
@@ -343,17 +346,22 @@ def main():
     sample = st.tokenize(CORPUS[:3])
     ids, mask = sample["input_ids"], sample["attention_mask"]
     seq_axes = {0: "batch", 1: "sequence"}
-    export(hidden, [ids, mask], ["input_ids", "attention_mask"], ["last_hidden_state"],
-           os.path.join(out, "model.onnx"),
-           {"input_ids": seq_axes, "attention_mask": seq_axes, "last_hidden_state": seq_axes})
+    if args.full_size and args.attention_op:
+        sdpa = Qwen3Model.from_pretrained(transformer_dir, attn_implementation="sdpa").eval()
+        export_attention_op(Hidden(sdpa), ids, mask, os.path.join(out, "model.onnx"))
+    else:
+        export(hidden, [ids, mask], ["input_ids", "attention_mask"], ["last_hidden_state"],
+               os.path.join(out, "model.onnx"),
+               {"input_ids": seq_axes, "attention_mask": seq_axes, "last_hidden_state": seq_axes})
     if args.full_size:
-        # Only what a benchmark needs: the plain export, its weights in one external data file, no references.
+        # Only what a benchmark needs: the export, its weights in one external data file, no references.
         path = os.path.join(out, "model.onnx")
         before = set(os.listdir(out))
-        graph = onnx.load(path)
-        onnx.save_model(graph, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx_data", size_threshold=1024)
-        for name in before - {"model.onnx"}:
+        if not args.attention_op:
+            graph = onnx.load(path)
+            onnx.save_model(graph, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location="model.onnx_data", size_threshold=1024)
+        for name in {n for n in before if not n.startswith("model.onnx")}:
             full = os.path.join(out, name)
             if os.path.isfile(full) and not name.endswith((".json", ".md", ".txt", ".safetensors")):
                 os.remove(full)

@@ -125,14 +125,14 @@ def run_st(model_dir):
     return in_process(embed, ready)
 
 
-def run_akidbd(model_dir):
+def run_akidbd(model_dir, config=None):
     sys.path.insert(0, os.path.join(REPO, "tools", "python"))
     from akidb_client import Client
     sock = f"/tmp/akidb-peers-{os.getpid()}.sock"
     started = time.monotonic()
     log = open("/tmp/akidb-peers.log", "w")
-    proc = subprocess.Popen([os.path.join(REPO, "target/release/akidbd"), "--model", model_dir, "--socket", sock],
-                            stderr=log)
+    args = [os.path.join(REPO, "target/release/akidbd"), "--model", model_dir, "--socket", sock]
+    proc = subprocess.Popen(args + (["--config", config] if config else []), stderr=log)
     try:
         while True:
             if proc.poll() is not None:
@@ -190,11 +190,15 @@ def main():
     parser.add_argument("--skip", action="append", default=[], choices=["akidbd", "ort", "st"])
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the systems in turn this many times (this machine drifts between runs)")
+    parser.add_argument("--akidbd-config", help="a config file for akidbd (default: none, all defaults)")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
     model_dir = os.path.abspath(args.model_dir)
     if args.only:
-        print(json.dumps({"akidbd": run_akidbd, "ort": run_ort, "st": run_st}[args.only](model_dir)))
+        if args.only == "akidbd":
+            print(json.dumps(run_akidbd(model_dir, args.akidbd_config)))
+        else:
+            print(json.dumps({"ort": run_ort, "st": run_st}[args.only](model_dir)))
         return
     results = {"model": model_dir, "machine": os.uname().nodename, "cpus": os.cpu_count(),
                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -202,7 +206,9 @@ def main():
         for name in ("akidbd", "ort", "st"):
             if name in args.skip:
                 continue
-            out = subprocess.run([sys.executable, __file__, model_dir, "--only", name], capture_output=True, text=True)
+            extra = ["--akidbd-config", os.path.abspath(args.akidbd_config)] if args.akidbd_config else []
+            out = subprocess.run([sys.executable, __file__, model_dir, "--only", name] + extra, capture_output=True,
+                                 text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
             key = name if args.rounds == 1 else f"{name}_round{round_ + 1}"

@@ -244,7 +244,7 @@ pub struct DeviceConfig {
     /// ORT intra-op threads (0 = ORT's default: one per core).
     pub intra_threads: usize,
     /// CPU provider: keep ORT's memory arena. Unset: on for a model whose weights are at least
-    /// [`LARGE_MODEL_BYTES`], off for a smaller one (see `engine::session` for the measurements behind the rule).
+    /// [`LARGE_MODEL_BYTES`], off for a smaller one (`engine::ep::cpu_arena` has the measurements behind the rule).
     pub cpu_arena: Option<bool>,
     /// Let ORT's intra-op threads spin while waiting for work (ORT's default; unset = true). Off, they sleep: the
     /// cores stay free for the daemon's I/O and for the other processes of the machine. With one CPU device holding

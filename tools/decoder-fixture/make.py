@@ -289,12 +289,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="tests/data/qwen3-tiny")
     parser.add_argument("--full-size", action="store_true", help="Qwen3-Embedding-0.6B's shape (2.4 GB, slow)")
-    parser.add_argument("--max-seq-length", type=int, default=80)
+    parser.add_argument("--max-seq-length", type=int, help="default: 80, or 32768 (the real model's) with --full-size")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-weights", action="store_true", help="keep the safetensors (for export.py)")
     parser.add_argument("--attention-op", action="store_true",
                         help="with --full-size: export at opset 23 with Attention operators (as export.py --attention-op)")
     args = parser.parse_args()
+    args.max_seq_length = args.max_seq_length or (32768 if args.full_size else 80)
     torch.manual_seed(args.seed)
     if args.full_size:
         shape = dict(hidden_size=1024, intermediate_size=3072, num_hidden_layers=28, num_attention_heads=16,

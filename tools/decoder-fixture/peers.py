@@ -62,6 +62,19 @@ def in_process(embed, ready_s):
             "peak_rss_mb": round(peak_rss_mb())}
 
 
+def max_tokens(model_dir):
+    """The truncation length akidbd applies: the directory's max_seq_length (sentence-transformers 2-5 or 6 layout),
+    capped at 8192 as akidbd caps it."""
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        try:
+            value = json.load(open(os.path.join(model_dir, name))).get(key)
+        except OSError:
+            continue
+        if value:
+            return min(int(value), 8192)
+    return 8192
+
+
 def run_ort(model_dir):
     import numpy as np
     import onnxruntime as ort
@@ -69,6 +82,7 @@ def run_ort(model_dir):
     started = time.monotonic()
     session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.enable_truncation(max_tokens(model_dir))  # as akidbd and sentence-transformers truncate
     names = {i.name for i in session.get_inputs()}
     ready = time.monotonic() - started
 

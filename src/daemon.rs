@@ -46,6 +46,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
                 "the model directory's max_seq_length is capped (set model.max_seq_length to serve longer inputs)"
             );
         }
+        if let Some(warning) = model.long_input_warning() {
+            tracing::warn!(model = %model.name, "{warning}");
+        }
         let tokenizer = Arc::new(TextTokenizer::load(&model).map_err(DaemonError::Model)?);
         models.push(ServedModel {
             info: Arc::new(model),

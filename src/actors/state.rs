@@ -502,6 +502,7 @@ mod tests {
             external_data: Vec::new(),
             graph_inputs: Vec::new(),
             weights_precision: None,
+            attention: Default::default(),
             tokenizer_path: dir.join("tokenizer.json"),
             max_tokens: 16,
             max_tokens_uncapped: None,

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::config::EpKind;
-pub use model::{ModelInfo, Pooling, MAX_TOKENS_CAP};
+pub use model::{Attention, ModelInfo, Pooling, MAX_TOKENS_CAP};
 pub use session::{environment, environment_with_shared_pool, load_engine, ort_library_path, ort_version, OrtEngine, SETUP_ORT_LIBRARY};
 pub use tokenizer::{Encoded, TextTokenizer};
 

@@ -245,3 +245,35 @@ fn a_missing_external_data_file_is_named_at_start_up() {
     assert_eq!(code, Some(65), "{log}");
     assert!(log.contains("model_external.onnx_data") && log.contains("missing"), "{log}");
 }
+
+#[test]
+fn a_large_export_that_spells_attention_out_is_warned_about_at_start_up() {
+    use akidb::config::ModelConfig;
+    use akidb::engine::{Attention, ModelInfo};
+    let dir = fixture_dir();
+    let load = |file: &str| {
+        ModelInfo::load(&ModelConfig {
+            dir: dir.clone(),
+            file: Some(file.into()),
+            ..ModelConfig::default()
+        })
+        .unwrap()
+    };
+    assert_eq!(load("model_attention_op.onnx").attention, Attention::Operator);
+    let mut model = load("model.onnx");
+    assert_eq!(model.attention, Attention::SpelledOut);
+    assert_eq!(model.long_input_warning(), None, "a tiny model is not worth a warning");
+    // The same graph with 600 MB of weights (a sparse file: no disk used) and long inputs.
+    let big = tempfile::tempdir().unwrap();
+    let weights = big.path().join("model.onnx_data");
+    std::fs::File::create(&weights).unwrap().set_len(600 << 20).unwrap();
+    model.external_data = vec![weights];
+    model.max_tokens = 8192;
+    let warning = model.long_input_warning().expect("large, spelled out, long inputs");
+    assert!(warning.contains("--attention-op") && warning.contains("8192"), "{warning}");
+    model.max_tokens = 512;
+    assert_eq!(model.long_input_warning(), None, "short inputs only");
+    model.max_tokens = 8192;
+    model.attention = Attention::Operator;
+    assert_eq!(model.long_input_warning(), None, "one attention operator per layer");
+}

@@ -13,14 +13,18 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+pub use super::onnx_file::Attention;
 use super::{onnx_file, EngineError};
-use crate::config::ModelConfig;
 pub use crate::config::Pooling;
+use crate::config::{ModelConfig, LARGE_MODEL_BYTES};
 
 /// A directory's `max_seq_length` above this is capped to it unless `model.max_seq_length` says otherwise: the real
 /// Qwen3-Embedding directories say 32768, which would size warm-up shapes, TensorRT profiles and the cost of one
 /// over-long input for a context no edge device serves in time.
 pub const MAX_TOKENS_CAP: usize = 8192;
+
+/// Inputs this long or longer make spelled-out attention costly (see [`ModelInfo::long_input_warning`]).
+pub const LONG_INPUT_TOKENS: usize = 2048;
 
 /// What the engine needs to know about a model.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +41,8 @@ pub struct ModelInfo {
     pub graph_inputs: Vec<String>,
     /// The precision most of its weights are stored in ("fp32", "fp16", "bf16", "fp8", "int8"), if known.
     pub weights_precision: Option<&'static str>,
+    /// How the graph computes attention (one operator per layer, or spelled out).
+    pub attention: Attention,
     /// The tokenizer file.
     pub tokenizer_path: PathBuf,
     /// Truncation length in tokens, special tokens and prompt included.
@@ -69,6 +75,23 @@ impl ModelInfo {
             .chain(&self.external_data)
             .map(|file| std::fs::metadata(file).map_or(0, |m| m.len()))
             .sum()
+    }
+
+    /// A start-up warning for a large model (weights of at least [`LARGE_MODEL_BYTES`]) whose export spells
+    /// attention out while it accepts inputs of [`LONG_INPUT_TOKENS`] or more: such an input needs several
+    /// batch × heads × seq × seq tensors at once, more memory than the weights themselves.
+    pub fn long_input_warning(&self) -> Option<String> {
+        let long =
+            self.attention == Attention::SpelledOut && self.max_tokens >= LONG_INPUT_TOKENS && self.weight_bytes() >= LARGE_MODEL_BYTES;
+        long.then(|| {
+            format!(
+                "this export spells attention out (Softmax over batch x heads x seq x seq tensors): an input near \
+                 max_seq_length {} keeps several such tensors at once (a 0.6B decoder needed 2.3 GB above its \
+                 weights for 3,027 tokens); an export with the ONNX Attention operator keeps one \
+                 (tools/decoder-fixture/export.py --attention-op), or lower model.max_seq_length",
+                self.max_tokens
+            )
+        })
     }
 
     /// Reads the model directory and applies the config's overrides.
@@ -115,6 +138,7 @@ impl ModelInfo {
             external_data: graph.external_data,
             graph_inputs: graph.inputs,
             weights_precision: graph.weights,
+            attention: graph.attention,
             tokenizer_path,
             max_tokens,
             max_tokens_uncapped,

@@ -148,13 +148,20 @@ impl OrtEngine {
     /// the graph against the model directory with one probe run. Everything wrong with the model itself (inputs it
     /// cannot be fed, outputs it cannot read, a probe that fails) is an [`EngineError::Model`].
     pub fn load(env: &Environment, model: ModelInfo, tokenizer: SharedTokenizer, device: &DeviceConfig) -> Result<OrtEngine, EngineError> {
-        let (Built { session, pending_cache }, active_ep) = build_session(env, &model, device)?;
+        let (
+            Built {
+                session,
+                pending_cache,
+                arena,
+            },
+            active_ep,
+        ) = build_session(env, &model, device)?;
         let feeds = feeds(&session, &model.onnx_path)?;
         let output = output(&session, &model)?;
         let precision = precision(&model, active_ep, device);
         let inference = |e: ort::Error| EngineError::Inference(e.to_string());
         let run_options = Arc::new(RunOptions::new().map_err(inference)?);
-        let shrink_options = if active_ep == EpKind::Cpu && ep::cpu_arena(device, model.weight_bytes()) {
+        let shrink_options = if arena {
             let mut options = RunOptions::new().map_err(inference)?;
             options.set("memory.enable_memory_arena_shrinkage", "cpu:0").map_err(inference)?;
             Some(Arc::new(options))
@@ -534,14 +541,18 @@ enum BuildError {
 struct Built {
     session: Session,
     pending_cache: Option<(PathBuf, PathBuf)>,
+    /// Built with ORT's CPU memory arena (a CPU session, see `ep::cpu_arena`).
+    arena: bool,
 }
 
 fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: EpKind) -> Result<Built, BuildError> {
     if kind != EpKind::Tensorrt {
-        let session = build_with(env, model, device, kind, None)?;
+        let arena = kind == EpKind::Cpu && ep::cpu_arena(device, model.weight_bytes());
+        let session = build_with(env, model, device, kind, None, arena)?;
         return Ok(Built {
             session,
             pending_cache: None,
+            arena,
         });
     }
     let cache = prepare_trt_cache(model, device).map_err(BuildError::Provider)?;
@@ -556,13 +567,17 @@ fn try_build(env: &Environment, model: &ModelInfo, device: &DeviceConfig, kind: 
                 None
             }
         };
-        match build_with(env, model, device, kind, Some((&cache, dir))) {
+        match build_with(env, model, device, kind, Some((&cache, dir)), false) {
             Ok(session) => {
                 let pending_cache = match plan {
                     CachePlan::Build { staging, dir } => Some((staging, dir)),
                     _ => None,
                 };
-                return Ok(Built { session, pending_cache });
+                return Ok(Built {
+                    session,
+                    pending_cache,
+                    arena: false,
+                });
             }
             Err(err) => match plan {
                 CachePlan::Build { staging, .. } => {
@@ -614,6 +629,7 @@ fn build_with(
     device: &DeviceConfig,
     kind: EpKind,
     trt: Option<(&TrtCache, Option<&Path>)>,
+    arena: bool,
 ) -> Result<Session, BuildError> {
     let provider = |e: ort::Error<ort::session::builder::SessionBuilder>| BuildError::Provider(e.to_string());
     let mut builder = Session::builder(env).map_err(|e| BuildError::Provider(e.to_string()))?;
@@ -626,7 +642,7 @@ fn build_with(
         builder = builder.with_intra_op_spinning(device.spin.unwrap_or(true)).map_err(provider)?;
     }
     builder = builder
-        .with_execution_providers([ep::dispatch(kind, device, trt, ep::cpu_arena(device, model.weight_bytes()))])
+        .with_execution_providers([ep::dispatch(kind, device, trt, arena)])
         .map_err(provider)?;
     if device.disable_cpu_fallback && kind != EpKind::Cpu {
         builder = builder.with_disable_cpu_fallback().map_err(provider)?;

@@ -71,6 +71,8 @@ pub const DEFAULT_HYSTERESIS_C: f64 = 5.0;
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
 /// Default largest HTTP request body (bytes).
 pub const DEFAULT_HTTP_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Default `http.max_inputs`: OpenAI's own limit per embeddings request.
+pub const DEFAULT_HTTP_MAX_INPUTS: usize = 2048;
 /// Default TensorRT builder optimisation level.
 pub const DEFAULT_TRT_BUILDER_OPT_LEVEL: u8 = 3;
 
@@ -121,6 +123,9 @@ pub struct HttpConfig {
     pub allow_remote: bool,
     /// Largest request body, in bytes; a larger one is answered 413.
     pub max_body_bytes: usize,
+    /// Most inputs in one `POST /v1/embeddings` (OpenAI's own limit, 2048, by default: OpenAI clients send up to
+    /// that many, e.g. LangChain 1000); the socket's limit is `server.max_inputs`.
+    pub max_inputs: usize,
 }
 
 /// `[monitor]`
@@ -623,6 +628,7 @@ impl HttpConfig {
             "http.api_key must not be empty (leave it unset for no key)".into(),
         );
         check(self.max_body_bytes >= 1024, "http.max_body_bytes must be at least 1024".into());
+        check(self.max_inputs >= 1, "http.max_inputs must be at least 1".into());
     }
 }
 
@@ -749,6 +755,7 @@ impl Default for HttpConfig {
             api_key: None,
             allow_remote: false,
             max_body_bytes: DEFAULT_HTTP_MAX_BODY_BYTES,
+            max_inputs: DEFAULT_HTTP_MAX_INPUTS,
         }
     }
 }

@@ -3,8 +3,12 @@
 //! One encoder for both places that expose them: `akictl metrics` (for node_exporter's textfile collector) and
 //! the HTTP surface's `GET /metrics` (for a Prometheus scrape). The text itself is written by the
 //! prometheus-client crate, so escaping, types and the `_total` suffix of counters follow the format exactly.
+//! That crate writes OpenMetrics only; [`tidy`] turns it into Prometheus' classic text format 0.0.4 where that is
+//! what the reader parses (node_exporter's textfile collector, a scraper that does not ask for OpenMetrics), and
+//! sorts each family's series (the crate keeps them in hash maps: their order changed from scrape to scrape).
 //! This module only maps a [`StatusBody`] onto metrics; it reads no state of its own.
 
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
@@ -15,15 +19,32 @@ use prometheus_client::registry::Registry;
 
 use crate::protocol::message::StatusBody;
 
-/// The content type of [`prometheus_text`] (OpenMetrics 1.0 text, which Prometheus scrapes natively).
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The two text formats Prometheus reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (what a Prometheus server asks for first).
+    OpenMetrics,
+    /// Prometheus' classic text format 0.0.4 (node_exporter's textfile collector, plain HTTP clients): a
+    /// counter's `# HELP`/`# TYPE` name its `_total` samples, no `# EOF`.
+    Classic,
+}
+
+impl Format {
+    /// The HTTP content type of the format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
 
 type Labels = Vec<(String, String)>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 type FloatCounter = Counter<f64, AtomicU64>;
 
-/// Every figure of `status` as metrics named `akidb_*`.
-pub fn prometheus_text(status: &StatusBody) -> String {
+/// Every figure of `status` as metrics named `akidb_*`, in `format`.
+pub fn prometheus_text(status: &StatusBody, format: Format) -> String {
     let mut registry = Registry::with_prefix("akidb");
     let ready = if status.status == "ready" { 1.0 } else { 0.0 };
     gauge(&mut registry, "up", "1 when the daemon is ready", ready);
@@ -92,6 +113,46 @@ pub fn prometheus_text(status: &StatusBody) -> String {
     gauge(&mut registry, "thermal_state", "0 normal, 1 soft, 2 hard", thermal);
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
+    tidy(&out, format)
+}
+
+/// Sorts the series of each family and, for [`Format::Classic`], renames counter families to their samples'
+/// `_total` name and drops what the classic format does not have (`# UNIT`, `# EOF`).
+fn tidy(openmetrics: &str, format: Format) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    let mut series: Vec<&str> = Vec::new();
+    let flush = |out: &mut String, series: &mut Vec<&str>| {
+        series.sort_unstable();
+        for line in series.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in openmetrics.lines() {
+        let Some(comment) = line.strip_prefix("# ") else {
+            series.push(line);
+            continue;
+        };
+        flush(&mut out, &mut series);
+        if format == Format::Classic {
+            let (keyword, rest) = comment.split_once(' ').unwrap_or((comment, ""));
+            if keyword == "EOF" || keyword == "UNIT" {
+                continue;
+            }
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            if counters.contains(name) {
+                out.push_str(&format!("# {keyword} {name}_total {tail}\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    flush(&mut out, &mut series);
     out
 }
 
@@ -232,7 +293,7 @@ mod tests {
             batches: 9,
             ..DeviceStatus::default()
         });
-        let text = prometheus_text(&status);
+        let text = prometheus_text(&status, Format::OpenMetrics);
         for needle in [
             "akidb_up 1.0",
             "akidb_requests_total 7.0",
@@ -244,5 +305,40 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn the_classic_format_names_counter_families_as_their_samples_and_series_are_sorted() {
+        let mut status = StatusBody {
+            status: "ready".into(),
+            ..StatusBody::default()
+        };
+        status.counters.requests = 7;
+        for (code, n) in [("unknown_model", 1), ("invalid_request", 2), ("overloaded", 3)] {
+            status.counters.errors.insert(code.into(), n);
+        }
+        let classic = prometheus_text(&status, Format::Classic);
+        assert!(classic.contains("# HELP akidb_requests_total Requests answered.\n# TYPE akidb_requests_total counter\n"));
+        assert!(classic.contains("# TYPE akidb_up gauge\n"));
+        assert!(!classic.contains("# EOF") && !classic.contains("# UNIT"));
+        // Every sample line belongs to the family its # TYPE line names.
+        let mut family = "";
+        for line in classic.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, family, "{line}");
+            }
+        }
+        let errors: Vec<&str> = classic.lines().filter(|l| l.starts_with("akidb_errors_total{")).collect();
+        let mut sorted = errors.clone();
+        sorted.sort_unstable();
+        assert_eq!(errors, sorted);
+        assert_eq!(errors.len(), 3);
+        assert_eq!(
+            prometheus_text(&status, Format::OpenMetrics),
+            prometheus_text(&status, Format::OpenMetrics)
+        );
     }
 }

@@ -9,7 +9,11 @@
 //! Bounds for slow or hostile clients: at most `server.max_connections` connections (a new one waits up to a
 //! second for a slot, then is closed), request headers must arrive within `server.read_timeout_ms` (hyper's
 //! header timer) and the body within the same time, bodies over `http.max_body_bytes` are answered 413 without
-//! being read, and at most `server.max_inputs` inputs per request.
+//! being read, and at most `http.max_inputs` inputs per request (OpenAI's 2048 by default).
+//!
+//! Every answered request is counted in the status figures as a socket request is, including those refused
+//! here before they reach the actors (bad JSON, a wrong key, too many inputs): each such error carries the wire
+//! code it is counted under ([`ApiError::counted`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,6 +40,8 @@ use tokio_util::task::TaskTracker;
 use super::connection;
 use crate::actors::{DaemonHandle, ServeError};
 use crate::config::{HttpConfig, ServerConfig};
+use crate::engine::ModelInfo;
+use crate::metrics::Format;
 use crate::protocol::message::{EmbedRequest, Encoding, Priority};
 use crate::protocol::ErrorCode;
 
@@ -110,6 +116,9 @@ struct ApiError {
     code: String,
     message: String,
     param: Option<&'static str>,
+    /// The wire code this refusal is counted under in the status figures (`errors`), or `None` when the
+    /// daemon's serving path has counted it already.
+    counted: Option<ErrorCode>,
 }
 
 /// Binds the HTTP listener (before the actors start, so that a taken port fails start-up at once).
@@ -122,7 +131,7 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
     let app = App {
         handle: handle.clone(),
         api_key: http.api_key.as_deref().map(Arc::from),
-        max_inputs: server.max_inputs,
+        max_inputs: http.max_inputs,
         max_body_bytes: http.max_body_bytes,
         read_timeout: Duration::from_millis(server.read_timeout_ms),
     };
@@ -130,9 +139,11 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
     let router = Router::new()
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(app);
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let tracker = TaskTracker::new();
@@ -185,7 +196,7 @@ async fn embeddings(State(app): State<App>, headers: HeaderMap, body: Body) -> R
     let received = Instant::now();
     match embed(&app, &headers, body, received).await {
         Ok(response) => response,
-        Err(err) => err.into_response(),
+        Err(err) => err.answer(&app, received),
     }
 }
 
@@ -197,17 +208,7 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         Ok(index) => &state.models[index],
         Err(_) => {
             let names: Vec<&str> = state.models.iter().map(|m| m.name.as_str()).collect();
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-                format!(
-                    "The model `{}` does not exist; this daemon serves: {}",
-                    request.model.as_deref().unwrap_or_default(),
-                    names.join(", ")
-                ),
-            )
-            .param("model"));
+            return Err(model_not_found(request.model.as_deref().unwrap_or_default(), &names));
         }
     };
     let base64 = match request.encoding_format.as_deref() {
@@ -221,7 +222,14 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
     };
     let inputs = inputs(request.input)?;
     if inputs.len() > app.max_inputs {
-        return Err(ApiError::invalid(format!("{} inputs, at most {} per request", inputs.len(), app.max_inputs)).param("input"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            ErrorCode::TooManyInputs.as_str(),
+            format!("{} inputs, at most {} per request (http.max_inputs)", inputs.len(), app.max_inputs),
+        )
+        .param("input")
+        .counted_as(ErrorCode::TooManyInputs));
     }
     if request.dimensions == Some(0) {
         return Err(ApiError::invalid("dimensions must be at least 1".into()).param("dimensions"));
@@ -275,26 +283,48 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
 
 async fn models(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(err) = authorize(&app, &headers) {
-        return err.into_response();
+        return err.answer(&app, Instant::now());
     }
-    let data: Vec<serde_json::Value> = app
-        .handle
-        .state
-        .models
-        .iter()
-        .map(|model| {
-            json!({
-                "id": model.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "akidb",
-                "dim": model.dim,
-                "max_tokens": model.max_tokens,
-                "prompts": model.prompts,
-            })
-        })
-        .collect();
+    let data: Vec<Value> = app.handle.state.models.iter().map(|m| model_json(m)).collect();
     Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `GET /v1/models/{id}`: one model, as OpenAI's "retrieve model" answers it.
+async fn model(State(app): State<App>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(err) = authorize(&app, &headers) {
+        return err.answer(&app, Instant::now());
+    }
+    let models = &app.handle.state.models;
+    match models.iter().find(|m| m.name == id) {
+        Some(found) => Json(model_json(found)).into_response(),
+        None => {
+            let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+            model_not_found(&id, &names).answer(&app, Instant::now())
+        }
+    }
+}
+
+fn model_json(model: &ModelInfo) -> Value {
+    json!({
+        "id": model.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "akidb",
+        "dim": model.dim,
+        "max_tokens": model.max_tokens,
+        "prompts": model.prompts,
+    })
+}
+
+fn model_not_found(name: &str, served: &[&str]) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("The model `{name}` does not exist; this daemon serves: {}", served.join(", ")),
+    )
+    .param("model")
+    .counted_as(ErrorCode::UnknownModel)
 }
 
 async fn health(State(app): State<App>) -> Response {
@@ -307,23 +337,46 @@ async fn health(State(app): State<App>) -> Response {
     (code, Json(json!({"status": status}))).into_response()
 }
 
+/// `GET /metrics`: OpenMetrics text when the scraper accepts it (Prometheus does), else Prometheus' classic text
+/// format 0.0.4 (curl, older scrapers), as Prometheus' own client libraries negotiate.
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     if let Err(err) = authorize(&app, &headers) {
-        return err.into_response();
+        return err.answer(&app, Instant::now());
     }
-    let text = crate::metrics::prometheus_text(&app.handle.state.status());
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let format = if openmetrics { Format::OpenMetrics } else { Format::Classic };
+    let text = crate::metrics::prometheus_text(&app.handle.state.status(), format);
+    ([(header::CONTENT_TYPE, format.content_type())], text).into_response()
 }
 
-async fn not_found() -> Response {
+async fn not_found(State(app): State<App>) -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "not_found",
-        "no such route (POST /v1/embeddings, GET /v1/models, GET /health, GET /metrics)".into(),
+        format!("no such route ({ROUTES})"),
     )
-    .into_response()
+    .counted_as(ErrorCode::UnknownOp)
+    .answer(&app, Instant::now())
 }
+
+/// A known route with another method: 405 with `Allow` (axum's) and OpenAI's error JSON.
+async fn method_not_allowed(State(app): State<App>) -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!("this route does not take that method ({ROUTES})"),
+    )
+    .counted_as(ErrorCode::UnknownOp)
+    .answer(&app, Instant::now())
+}
+
+const ROUTES: &str = "POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}, GET /health, GET /metrics";
 
 // === request parts ===
 
@@ -332,7 +385,7 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     if given.is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())) {
         Ok(())
     } else {
@@ -341,8 +394,15 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
             "invalid_request_error",
             "invalid_api_key",
             "Incorrect or missing API key (Authorization: Bearer <http.api_key>)".into(),
-        ))
+        )
+        .counted_as(ErrorCode::PermissionDenied))
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>`; the scheme's name is case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
 }
 
 /// Compares without an early exit, so that the time taken says nothing about how much of a key was right.
@@ -359,6 +419,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(app: &App, headers: &HeaderMap,
             "payload_too_large",
             format!("the request body is over http.max_body_bytes ({} bytes)", app.max_body_bytes),
         )
+        .counted_as(ErrorCode::FrameTooLarge)
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -438,7 +499,21 @@ impl ApiError {
             code: code.to_owned(),
             message,
             param: None,
+            counted: Some(ErrorCode::InvalidRequest),
         }
+    }
+
+    fn counted_as(mut self, code: ErrorCode) -> ApiError {
+        self.counted = Some(code);
+        self
+    }
+
+    /// The response, after counting the refusal in the status figures (as the socket counts its error replies).
+    fn answer(self, app: &App, received: Instant) -> Response {
+        if let Some(code) = self.counted {
+            app.handle.state.record_reply(None, received.elapsed(), 0, 0, Some(code));
+        }
+        self.into_response()
     }
 
     fn invalid(message: String) -> ApiError {
@@ -475,6 +550,7 @@ impl ApiError {
             code: code.as_str().to_owned(),
             message: err.to_string(),
             param,
+            counted: None,
         }
     }
 }
@@ -482,6 +558,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
+        if self.status == StatusCode::UNAUTHORIZED {
+            return (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], Json(body)).into_response();
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -177,7 +177,13 @@ fn metrics_are_prometheus_text() {
         samples += 1;
     }
     assert!(samples >= 10);
-    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    // The classic format by default (node_exporter's textfile collector): counters typed under their samples' name.
+    assert!(!text.contains("# EOF"), "classic text has no # EOF");
+    assert!(text.contains("# TYPE akidb_inputs_total counter\n"), "{text}");
     assert!(text.contains("akidb_up 1"));
     assert!(text.contains("akidb_inputs_total 1"));
+    let output = akictl(&daemon.socket, &["metrics", "--openmetrics"]);
+    let openmetrics = String::from_utf8(output.stdout).unwrap();
+    assert!(openmetrics.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    assert!(openmetrics.contains("# TYPE akidb_inputs counter\n"), "{openmetrics}");
 }

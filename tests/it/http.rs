@@ -143,4 +143,13 @@ fn http_listens_on_loopback_unless_allowed_and_health_needs_no_key() {
     assert_eq!(status_of(&health), 200, "{health}");
     let unauthorized = exchange(&addr, b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(status_of(&unauthorized), 401, "{unauthorized}");
+    assert!(
+        unauthorized.to_ascii_lowercase().contains("www-authenticate: bearer"),
+        "{unauthorized}"
+    );
+    // A known route with another method: 405, its methods in Allow, OpenAI's error JSON.
+    let wrong_method = exchange(&addr, b"GET /v1/embeddings HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&wrong_method), 405, "{wrong_method}");
+    assert!(wrong_method.to_ascii_lowercase().contains("allow: post"), "{wrong_method}");
+    assert!(wrong_method.contains("\"code\":\"method_not_allowed\""), "{wrong_method}");
 }

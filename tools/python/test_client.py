@@ -192,6 +192,11 @@ def run(client: Client, rows: List[dict]) -> None:
         check(False, "embed(str) raises TypeError")
     except TypeError:
         check(True, "embed(str) raises TypeError")
+    try:
+        client.embed(["fine", None])  # type: ignore[list-item]
+        check(False, "embed([str, None]) raises TypeError")
+    except TypeError:
+        check(True, "embed([str, None]) raises TypeError")
     check(client.health() == "ready", "the connection serves after errors")
 
     # pipelining: 20 requests in flight, collected out of order, each equal to a direct embed

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import openai
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from prometheus_client.parser import text_string_to_metric_families as classic_text_to_metric_families
 
 from akidb_client import Client
 
@@ -62,10 +63,12 @@ def raises(kind: type, what: str, call: Callable[[], Any]) -> None:
         check(False, f"{what}: expected {kind.__name__}, got {type(err).__name__}: {err}")
 
 
-def get(path: str, key: str | None = None) -> tuple[int, str, str]:
+def get(path: str, key: str | None = None, accept: str | None = None) -> tuple[int, str, str]:
     request = urllib.request.Request(args.url + path)
     if key:
         request.add_header("Authorization", f"Bearer {key}")
+    if accept:
+        request.add_header("Accept", accept)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.headers.get("content-type", ""), response.read().decode()
@@ -118,13 +121,38 @@ def run() -> None:
            lambda: client.embeddings.create(model=model, input="a", extra_headers={"x-akidb-priority": "urgent"}))
     wrong = openai.OpenAI(base_url=args.url + "/v1", api_key="wrong-key", max_retries=0)
     raises(openai.AuthenticationError, "a bad api_key", lambda: wrong.embeddings.create(model=model, input="a"))
+    lower = urllib.request.Request(args.url + "/v1/models", headers={"Authorization": f"bearer {args.api_key}"})
+    with urllib.request.urlopen(lower, timeout=30) as response:
+        check(response.status == 200, "the auth scheme is case-insensitive (Authorization: bearer ...)")
+    check(client.models.retrieve(model).id == model, "models.retrieve(id)")
+    raises(openai.NotFoundError, "models.retrieve of an unknown model", lambda: client.models.retrieve("no-such-model"))
+    # LangChain's OpenAIEmbeddings sends up to 1000 texts per request; OpenAI's own limit is 2048.
+    many = client.embeddings.create(model=model, input=[f"document number {i}" for i in range(1000)])
+    check(len(many.data) == 1000 and [d.index for d in many.data] == list(range(1000)), "1000 inputs in one request")
+    try:
+        client.embeddings.create(model=model, input=["x"] * 2049)
+        check(False, "2049 inputs: expected BadRequestError")
+    except openai.BadRequestError as err:
+        code = (err.body or {}).get("code") if isinstance(err.body, dict) else None
+        check(code == "too_many_inputs", f"2049 inputs: 400 too_many_inputs ({code})")
 
     status, _, body = get("/health")
     check(status == 200 and json.loads(body)["status"] == "ready", f"GET /health: {status} {body}")
     status, _, _ = get("/metrics")
     check(status == 401, f"GET /metrics without the key: {status}")
-    status, content_type, text = get("/metrics", args.api_key)
+    # As a Prometheus server asks (OpenMetrics first), and as curl or node_exporter-era tools do (classic text).
+    prometheus_accept = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+                         "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+    status, content_type, text = get("/metrics", args.api_key, prometheus_accept)
     check(status == 200 and "openmetrics" in content_type, f"GET /metrics: {status} {content_type}")
+    status, classic_type, classic = get("/metrics", args.api_key)
+    check(status == 200 and classic_type.startswith("text/plain") and "version=0.0.4" in classic_type,
+          f"GET /metrics without Accept: {status} {classic_type}")
+    classic_families = {f.name: f for f in classic_text_to_metric_families(classic)}
+    kind = classic_families.get("akidb_requests").type if "akidb_requests" in classic_families else None
+    check(kind == "counter", f"classic text parsed by prometheus_client's classic parser: akidb_requests is a {kind}")
+    untyped = sorted(n for n, f in classic_families.items() if f.type == "unknown")
+    check(not untyped, f"classic text: every family typed (untyped: {untyped})")
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = families.get("akidb_requests")
     value = requests.samples[0].value if requests and requests.samples else 0
@@ -133,6 +161,8 @@ def run() -> None:
           f"/metrics families: {sorted(families)}")
     errors = {s.labels.get("code"): s.value for s in families["akidb_errors"].samples if s.name.endswith("_total")}
     check(errors.get("input_too_long", 0) >= 1, f"/metrics counts the HTTP errors too: {errors}")
+    refused = {code: errors.get(code, 0) for code in ("permission_denied", "too_many_inputs", "unknown_model")}
+    check(all(n >= 1 for n in refused.values()), f"/metrics counts refusals of the HTTP layer too: {refused}")
 
 
 def main() -> int:

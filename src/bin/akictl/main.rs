@@ -79,8 +79,13 @@ enum Command {
     },
     /// Load generator: bounded in time and count; reports throughput, latency per class and errors.
     Bench(bench::BenchArgs),
-    /// The status counters in Prometheus text format.
-    Metrics,
+    /// The status figures as Prometheus text: the classic format 0.0.4 (what node_exporter's textfile collector
+    /// reads), or OpenMetrics.
+    Metrics {
+        /// Write OpenMetrics 1.0 text instead of the classic format.
+        #[arg(long)]
+        openmetrics: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,7 +140,7 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
             embed(socket, texts, params, batch.max(1)).await
         }
         Command::Bench(bench_args) => bench::run(socket, bench_args).await,
-        Command::Metrics => metrics(socket).await,
+        Command::Metrics { openmetrics } => metrics(socket, openmetrics).await,
     };
     result.unwrap_or_else(|err| fail(socket, &err))
 }
@@ -230,9 +235,11 @@ async fn embed(socket: &Path, texts: Vec<String>, params: EmbedParams, batch: us
     Ok(ExitCode::SUCCESS)
 }
 
-async fn metrics(socket: &Path) -> Result<ExitCode, ClientError> {
+async fn metrics(socket: &Path, openmetrics: bool) -> Result<ExitCode, ClientError> {
+    use akidb::metrics::{prometheus_text, Format};
     let mut client = Client::connect(socket).await?;
     let status = client.status().await?;
-    print!("{}", akidb::metrics::prometheus_text(&status));
+    let format = if openmetrics { Format::OpenMetrics } else { Format::Classic };
+    print!("{}", prometheus_text(&status, format));
     Ok(ExitCode::SUCCESS)
 }

@@ -96,7 +96,11 @@ def embed_request(texts: Sequence[str], **options: Any) -> Dict[str, Any]:
     """The body of an ``embed`` request (without ``v`` and ``id``); options that are None are left out."""
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts must be a sequence of strings, not a single string")
-    request: Dict[str, Any] = {"op": "embed", "inputs": [str(t) for t in texts]}
+    inputs = list(texts)
+    for index, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{index}] is a {type(text).__name__}, not a string")
+    request: Dict[str, Any] = {"op": "embed", "inputs": inputs}
     for key, value in options.items():
         if value is not None:
             request[key] = value

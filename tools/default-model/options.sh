@@ -9,6 +9,8 @@
 #                  activations quantized per run, weights per tensor
 #   int8-dynamic-pc  the same with weights quantized per channel
 #   int8-dynamic-mm  MatMuls only, per channel, the feed-forward output MatMuls (the outlier-heavy ones) kept fp32
+#   int8-per-token   every MatMul integer, activations quantized per token (not per batch), smoothed
+#                    (tools/default-model/per_token_int8.py)
 # The default itself (models/all-MiniLM-L6-v2: the fp32 weights restored) is measured from its own directory.
 # Needs `make setup` first (its inputs stay in target/setup/); installs the onnxruntime Python package (the wheel
 # setup already downloaded) into target/pyenv for the quantizer. PyPI only, like setup.
@@ -20,6 +22,7 @@ DEFAULT=models/all-MiniLM-L6-v2
 [ -x "$PY" ] && [ -f target/setup/int8/model.onnx ] || { echo "options: run \`make setup\` first" >&2; exit 1; }
 "$PY" -c "import onnxruntime" 2>/dev/null || "$PY" -m pip install --quiet --disable-pip-version-check \
   target/setup/wheels/onnxruntime-1.32.0-*.whl 2>/dev/null || "$PY" -m pip install --quiet onnxruntime==1.32.0
+"$PY" -c "import tokenizers" 2>/dev/null || "$PY" -m pip install --quiet --disable-pip-version-check tokenizers
 
 option_dir() { # name: a directory with the default's files, model.onnx left to the caller
   local dir="$OUT/$1"
@@ -51,4 +54,5 @@ quantize_dynamic(src, matmuls, weight_type=QuantType.QInt8, per_channel=True, op
                  nodes_to_exclude=ffn_out)
 print(f"options: dynamic int8 -> {per_tensor}, {per_channel}, {matmuls} ({len(ffn_out)} MatMuls kept fp32)")
 PY
+"$PY" tools/default-model/per_token_int8.py "$DEFAULT" "$(option_dir int8-per-token)/model.onnx"
 ls -1 "$OUT"

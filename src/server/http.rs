@@ -440,6 +440,9 @@ async fn read_json<T: for<'de> Deserialize<'de>>(app: &App, headers: &HeaderMap,
         Ok(Err(_)) => return Err(too_large()),
         Ok(Ok(bytes)) => bytes,
     };
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the request body must be a JSON object".into()));
+    }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
 }
 

@@ -117,6 +117,9 @@ fn hostile_http_clients_are_bounded_and_others_still_served() {
     let bad_json = post(&addr, "{not json");
     assert_eq!(status_of(&bad_json), 400, "{bad_json}");
     assert!(bad_json.contains("\"type\":\"invalid_request_error\""), "{bad_json}");
+    let array = post(&addr, r#"["a", "b"]"#);
+    assert_eq!(status_of(&array), 400, "{array}");
+    assert!(array.contains("must be a JSON object"), "{array}");
     let good = post(&addr, r#"{"input": ["still served"]}"#);
     assert_eq!(status_of(&good), 200, "{good}");
     assert!(good.contains("\"object\":\"list\""), "{good}");

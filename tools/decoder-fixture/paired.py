@@ -1,0 +1,124 @@
+"""akidbd against in-process Python onnxruntime, request by request, strictly alternating (issue #12's comparison
+at the level of one request, where this machine's drift of +-10-20% between runs cancels).
+
+    /work/venv-torch/bin/python tools/decoder-fixture/paired.py MODEL_DIR [--rounds 20] [--out FILE]
+
+Loads the model twice, in akidbd (default settings, cache bypassed) and in this process (onnxruntime's defaults,
+left padding and last-token pooling as peers.py does), then for each round and each shape sends one request to
+each side, in alternating order, with a pause between them so that neither side's spinning threads overlap the
+other's run. Shapes: one short sentence; 8 short sentences in one request (one batch of 8 on both sides); one
+passage of ~180 tokens. Prints, per shape, both medians and the median of the per-pair ratios.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(REPO, "tools", "python"))
+
+import peers  # noqa: E402
+from akidb_client import Client  # noqa: E402
+
+PAUSE_S = 0.15
+
+
+def in_process(model_dir):
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), providers=["CPUExecutionProvider"])
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.enable_truncation(peers.max_tokens(model_dir))
+    names = {i.name for i in session.get_inputs()}
+
+    def embed(texts):
+        enc = tok.encode_batch(texts)
+        seq = max(len(e.ids) for e in enc)
+        ids = np.zeros((len(enc), seq), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, e in enumerate(enc):
+            ids[row, seq - len(e.ids):] = e.ids
+            mask[row, seq - len(e.ids):] = 1
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "position_ids" in names:
+            feed["position_ids"] = np.tile(np.arange(seq, dtype=np.int64), (len(enc), 1))
+        hidden = session.run(None, feed)[0][:, -1, :]
+        return hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
+
+    return embed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    sock = f"/tmp/akidb-paired-{os.getpid()}.sock"
+    log = open("/tmp/akidb-paired.log", "w")
+    proc = subprocess.Popen([os.path.join(REPO, "target/release/akidbd"), "--model", args.model_dir, "--socket", sock],
+                            stderr=log)
+    try:
+        embed = in_process(args.model_dir)
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"akidbd exited with {proc.returncode}; see /tmp/akidb-paired.log")
+            try:
+                if Client(sock, timeout=5).health() == "ready":
+                    break
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.1)
+        client = Client(sock, timeout=900)
+        short, longs = peers.short_texts(200), peers.long_texts(40)
+        shapes = {
+            "one_short": lambda r: [short[r % 200]],
+            "eight_short": lambda r: short[(r * 8) % 192:(r * 8) % 192 + 8],
+            "one_long": lambda r: [longs[r % 40]],
+        }
+        sides = {"akidbd": lambda texts: client.embed(texts, cache=False), "onnxruntime": embed}
+        for pick in shapes.values():  # each shape's first run outside the timing, on both sides
+            for run in sides.values():
+                run(pick(199))
+        times = {shape: {side: [] for side in sides} for shape in shapes}
+        for r in range(args.rounds):
+            for shape, pick in shapes.items():
+                order = list(sides.items())
+                if r % 2:
+                    order.reverse()
+                for side, run in order:
+                    texts = pick(r)
+                    time.sleep(PAUSE_S)
+                    started = time.perf_counter()
+                    run(texts)
+                    times[shape][side].append(time.perf_counter() - started)
+        report = {"model_dir": args.model_dir, "rounds": args.rounds, "shapes": {}}
+        for shape, t in times.items():
+            ratios = [o / a for a, o in zip(t["akidbd"], t["onnxruntime"])]
+            figures = {
+                "akidbd_median_ms": round(statistics.median(t["akidbd"]) * 1000, 1),
+                "onnxruntime_median_ms": round(statistics.median(t["onnxruntime"]) * 1000, 1),
+                "akidbd_speed_over_onnxruntime_median_pair": round(statistics.median(ratios), 4),
+                "pairs_akidbd_faster": sum(x > 1 for x in ratios),
+            }
+            report["shapes"][shape] = figures
+            print(f"{shape}: akidbd {figures['akidbd_median_ms']} ms, onnxruntime {figures['onnxruntime_median_ms']} ms"
+                  f" (medians); akidbd speed / onnxruntime, median of pairs: "
+                  f"{figures['akidbd_speed_over_onnxruntime_median_pair']:.3f}, akidbd faster in "
+                  f"{figures['pairs_akidbd_faster']}/{args.rounds} pairs", flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=2)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -62,6 +62,7 @@ impl Daemon {
                 .arg("--socket")
                 .arg(&daemon.socket)
                 .arg("health")
+                .stderr(Stdio::null()) // "cannot reach akidbd" while it starts
                 .status()
                 .unwrap()
                 .success()

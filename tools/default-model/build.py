@@ -213,7 +213,7 @@ def main():
     onnx.save(model, out_path)
     what = "folded (int8-rounded values)" if fold_only else f"originals restored (within {worst:.3f} of a step)"
     print(f"build: {len(new_inits)} int8 tensors -> fp32, {what}; attention: {simplified[0]} NaN guards dropped, "
-          f"{simplified[1]} transposes simplified; {gelus} GELUs as one node; value_info dropped: {out_path}")
+          f"{simplified[1]} transposes simplified; {gelus} GELUs as one node: {out_path}")
 
 
 if __name__ == "__main__":

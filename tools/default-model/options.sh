@@ -45,13 +45,15 @@ logging.disable(logging.WARNING)
 from onnxruntime.quantization import QuantType, quantize_dynamic
 import onnx
 src, per_tensor, per_channel, matmuls = sys.argv[1:]
-quantize_dynamic(src, per_tensor, weight_type=QuantType.QInt8)
-quantize_dynamic(src, per_channel, weight_type=QuantType.QInt8, per_channel=True)
+# The default's GELU is a com.microsoft node, whose output type onnx's shape inference does not know: say it.
+floats = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+quantize_dynamic(src, per_tensor, weight_type=QuantType.QInt8, extra_options=floats)
+quantize_dynamic(src, per_channel, weight_type=QuantType.QInt8, per_channel=True, extra_options=floats)
 graph = onnx.load(src).graph
 shapes = {i.name: list(i.dims) for i in graph.initializer}
 ffn_out = [n.name for n in graph.node if n.op_type == "MatMul" and shapes.get(n.input[1], [0])[0] > shapes.get(n.input[1], [0, 0])[-1]]
 quantize_dynamic(src, matmuls, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                 nodes_to_exclude=ffn_out)
+                 nodes_to_exclude=ffn_out, extra_options=floats)
 print(f"options: dynamic int8 -> {per_tensor}, {per_channel}, {matmuls} ({len(ffn_out)} MatMuls kept fp32)")
 PY
 "$PY" tools/default-model/per_token_int8.py "$DEFAULT" "$(option_dir int8-per-token)/model.onnx"

@@ -412,6 +412,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Reads the whole body within the read timeout and the size limit, and parses it as JSON.
 async fn read_json<T: for<'de> Deserialize<'de>>(app: &App, headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    if !declares_json(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "the request body must be sent with Content-Type: application/json".into(),
+        ));
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -444,6 +452,19 @@ async fn read_json<T: for<'de> Deserialize<'de>>(app: &App, headers: &HeaderMap,
         return Err(ApiError::invalid("the request body must be a JSON object".into()));
     }
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+/// Whether the body is declared JSON (`application/json`, or a `+json` type, any parameters). A body declared
+/// otherwise, or not at all, is refused before it is read: a web page of any origin may POST `text/plain`, a
+/// form or a typeless body to a loopback port without asking first (CORS' "simple" requests), and would make the
+/// daemon compute; a JSON body makes the browser ask first, which akidbd never allows. The official clients and
+/// TEI's users send `application/json`.
+fn declares_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `input`: a string or an array of strings. Token-id arrays (which OpenAI also accepts) cannot be served: the
@@ -571,6 +592,24 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bodies_declared_json_are_read() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            declares_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with(" Application/JSON ; charset=utf-8"));
+        assert!(with("application/problem+json"));
+        assert!(!with("text/plain"));
+        assert!(!with("text/plain; charset=application/json"));
+        assert!(!with("application/x-www-form-urlencoded"));
+        assert!(!with("multipart/form-data; boundary=x"));
+        assert!(!with("application/jsonp"));
+        assert!(!declares_json(&HeaderMap::new()));
+    }
 
     #[test]
     fn inputs_take_strings_and_refuse_token_ids() {

@@ -80,12 +80,12 @@ fn hostile_http_clients_are_bounded_and_others_still_served() {
     // A body declared over max_body_bytes is refused before it is read.
     let huge = exchange(
         &addr,
-        format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\nConnection: close\r\n\r\n").as_bytes(),
     );
     assert_eq!(status_of(&huge), 413, "{huge}");
     // So is a chunked one that turns out larger.
     let mut chunked = format!(
-        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     .into_bytes();
     for _ in 0..20 {
@@ -101,7 +101,7 @@ fn hostile_http_clients_are_bounded_and_others_still_served() {
     slow_headers.write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n").unwrap();
     let slow_body = exchange(
         &addr,
-        format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"inp").as_bytes(),
+        format!("POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{{\"inp").as_bytes(),
     );
     assert_eq!(status_of(&slow_body), 408, "{slow_body}");
     let mut rest = Vec::new();
@@ -120,6 +120,36 @@ fn hostile_http_clients_are_bounded_and_others_still_served() {
     let array = post(&addr, r#"["a", "b"]"#);
     assert_eq!(status_of(&array), 400, "{array}");
     assert!(array.contains("must be a JSON object"), "{array}");
+    // A body not declared JSON is refused unread (a web page may POST text/plain or a typeless body to loopback
+    // without a CORS preflight); a JSON type with parameters, or a +json type, is JSON.
+    let typed = |content_type: &str| {
+        let body = r#"{"input": ["typed"]}"#;
+        exchange(
+            &addr,
+            format!(
+                "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n{content_type}\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    for refused in [
+        "Content-Type: text/plain\r\n",
+        "Content-Type: application/x-www-form-urlencoded\r\n",
+        "",
+    ] {
+        let response = typed(refused);
+        assert_eq!(status_of(&response), 415, "{refused:?}: {response}");
+        assert!(response.contains("\"code\":\"unsupported_media_type\""), "{response}");
+    }
+    for accepted in [
+        "Content-Type: Application/JSON; charset=utf-8\r\n",
+        "Content-Type: application/vnd.api+json\r\n",
+    ] {
+        let response = typed(accepted);
+        assert_eq!(status_of(&response), 200, "{accepted:?}: {response}");
+    }
     let good = post(&addr, r#"{"input": ["still served"]}"#);
     assert_eq!(status_of(&good), 200, "{good}");
     assert!(good.contains("\"object\":\"list\""), "{good}");

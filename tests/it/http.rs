@@ -157,6 +157,32 @@ fn hostile_http_clients_are_bounded_and_others_still_served() {
 }
 
 #[test]
+fn a_request_larger_than_its_class_queue_is_too_many_inputs_not_overloaded() {
+    // http.max_inputs (2048) is larger than the realtime queue here: such a request could never be queued, so a
+    // retry would never help; `overloaded` would say the opposite.
+    let (daemon, addr) = start("[batcher.queue_capacity]\nrealtime = 300\n");
+    let body = format!(r#"{{"input": {}}}"#, serde_json::to_string(&vec!["a"; 301]).unwrap());
+    let with_class = |class: &str| {
+        exchange(
+            &addr,
+            format!(
+                "POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n\
+                 x-akidb-priority: {class}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    };
+    let realtime = with_class("realtime");
+    assert_eq!(status_of(&realtime), 400, "{realtime}");
+    assert!(realtime.contains("\"code\":\"too_many_inputs\""), "{realtime}");
+    assert!(realtime.contains("batcher.queue_capacity.realtime"), "{realtime}");
+    let normal = with_class("normal");
+    assert_eq!(status_of(&normal), 200, "{normal}");
+    drop(daemon);
+}
+
+#[test]
 fn http_listens_on_loopback_unless_allowed_and_health_needs_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("akidb.toml");

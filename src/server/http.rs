@@ -586,8 +586,9 @@ impl ApiError {
             ErrorCode::Internal | ErrorCode::Unknown => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
             _ => (StatusCode::BAD_REQUEST, "invalid_request_error"),
         };
-        let param = match code {
-            ErrorCode::InputTooLong | ErrorCode::TooManyInputs => Some("input"),
+        let param = match (code, err) {
+            (ErrorCode::InputTooLong | ErrorCode::TooManyInputs, _) => Some("input"),
+            (_, ServeError::BadDimensions { .. }) => Some("dimensions"),
             _ => None,
         };
         ApiError {
@@ -655,6 +656,10 @@ mod tests {
             StatusCode::BAD_REQUEST
         );
         assert_eq!(status(ServeError::Internal("x".into())), StatusCode::INTERNAL_SERVER_ERROR);
+        let param = |err: ServeError| ApiError::from_serve(&err).param;
+        assert_eq!(param(ServeError::BadDimensions { asked: 999, dim: 384 }), Some("dimensions"));
+        assert_eq!(param(ServeError::InputTooLong { index: 0, max_tokens: 8 }), Some("input"));
+        assert_eq!(param(ServeError::Overloaded("full".into())), None);
         assert!(constant_time_eq(b"key", b"key") && !constant_time_eq(b"key", b"kez") && !constant_time_eq(b"k", b"key"));
     }
 }

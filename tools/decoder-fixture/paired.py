@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -61,20 +60,11 @@ def main():
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     sock = f"/tmp/akidb-paired-{os.getpid()}.sock"
-    log = open("/tmp/akidb-paired.log", "w")
-    proc = subprocess.Popen([os.path.join(REPO, "target/release/akidbd"), "--model", args.model_dir, "--socket", sock],
-                            stderr=log)
+    loaded = {}
+    proc = peers.start_akidbd(args.model_dir, sock, "/tmp/akidb-paired.log",
+                              before_ready=lambda: loaded.setdefault("embed", in_process(args.model_dir)))
     try:
-        embed = in_process(args.model_dir)
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"akidbd exited with {proc.returncode}; see /tmp/akidb-paired.log")
-            try:
-                if Client(sock, timeout=5).health() == "ready":
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.1)
+        embed = loaded["embed"]
         client = Client(sock, timeout=900)
         short, longs = peers.short_texts(200), peers.long_texts(40)
         shapes = {

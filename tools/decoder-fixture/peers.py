@@ -139,24 +139,38 @@ def run_st(model_dir):
     return in_process(embed, ready)
 
 
+def start_akidbd(model_dir, sock, log_path, config=None, before_ready=None):
+    """Starts target/release/akidbd on MODEL_DIR and returns its process once `health` says ready (runs
+    before_ready() first, while it starts); fails with the log's path if it exits first."""
+    sys.path.insert(0, os.path.join(REPO, "tools", "python"))
+    from akidb_client import Client
+    args = [os.path.join(REPO, "target/release/akidbd"), "--model", model_dir, "--socket", sock]
+    proc = subprocess.Popen(args + (["--config", config] if config else []), stderr=open(log_path, "w"))
+    try:
+        if before_ready:
+            before_ready()
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"akidbd exited with {proc.returncode}; see {log_path}")
+            try:
+                if Client(sock, timeout=5).health() == "ready":
+                    return proc
+            except Exception:  # noqa: BLE001 - not listening yet
+                pass
+            time.sleep(0.05)
+    except BaseException:
+        proc.terminate()
+        proc.wait()
+        raise
+
+
 def run_akidbd(model_dir, config=None):
     sys.path.insert(0, os.path.join(REPO, "tools", "python"))
     from akidb_client import Client
     sock = f"/tmp/akidb-peers-{os.getpid()}.sock"
     started = time.monotonic()
-    log = open("/tmp/akidb-peers.log", "w")
-    args = [os.path.join(REPO, "target/release/akidbd"), "--model", model_dir, "--socket", sock]
-    proc = subprocess.Popen(args + (["--config", config] if config else []), stderr=log)
+    proc = start_akidbd(model_dir, sock, "/tmp/akidb-peers.log", config)
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"akidbd exited with {proc.returncode}; see /tmp/akidb-peers.log")
-            try:
-                if Client(sock, timeout=5).health() == "ready":
-                    break
-            except Exception:  # noqa: BLE001 - not listening yet
-                pass
-            time.sleep(0.05)
         ready = time.monotonic() - started
         short, longs = short_texts(80), long_texts(32)
         first = Client(sock, timeout=900)

@@ -54,13 +54,19 @@ def read_safetensors(path):
     return tensors
 
 
-def simplify_attention(graph):
-    """Drops the NaN guards after Softmax and spells K's transpose as one Transpose; returns what it changed."""
+def graph_maps(graph):
+    """Each tensor's producing node, and each tensor's consuming nodes."""
     producers = {out: node for node in graph.node for out in node.output}
     consumers = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return producers, consumers
+
+
+def simplify_attention(graph):
+    """Drops the NaN guards after Softmax and spells K's transpose as one Transpose; returns what it changed."""
+    producers, consumers = graph_maps(graph)
     remove, guards, transposes = [], 0, 0
     for softmax in [n for n in graph.node if n.op_type == "Softmax"]:
         users = consumers.get(softmax.output[0], [])
@@ -98,11 +104,7 @@ def simplify_attention(graph):
 
 def fuse_gelu(graph):
     """x * (0.5 * (1 + erf(x / sqrt 2))) -> com.microsoft Gelu(x); returns how many it replaced."""
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    producers, consumers = graph_maps(graph)
     scalars = {i.name: float(numpy_helper.to_array(i).reshape(-1)[0]) for i in graph.initializer if np.prod(i.dims) == 1}
 
     def only_user(name, op):
@@ -152,11 +154,7 @@ def main():
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     originals = read_safetensors(weights_path)
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    _, consumers = graph_maps(graph)
 
     drop_nodes, drop_inits, new_inits = [], set(), []
     unmatched = []

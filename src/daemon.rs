@@ -127,9 +127,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = &'static str>) -
     let server_config = config.server.clone();
     let http_task = http_listener.map(|listener| {
         let (handle, stop) = (started.handle.clone(), stop.clone());
-        let (http, server, queues) = (config.http.clone(), config.server.clone(), config.batcher.queue_capacity.clone());
+        let (http, server) = (config.http.clone(), config.server.clone());
         tracing::info!(addr = ?config.http.listen, "serving HTTP (OpenAI-compatible /v1/embeddings, /health, /metrics)");
-        tokio::spawn(async move { server::http::serve(listener, handle, &http, &server, &queues, stop).await })
+        tokio::spawn(async move { server::http::serve(listener, handle, &http, &server, stop).await })
     });
     let server_task = tokio::spawn({
         let (handle, stop) = (started.handle.clone(), stop.clone());

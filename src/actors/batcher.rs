@@ -634,14 +634,21 @@ impl Message<Submit> for Batcher {
         }
         let n_inputs = msg.items.len();
         if let Err(items) = self.queues.push(msg.class, msg.items) {
-            let queued = self.queues.len(msg.class);
-            let message = format!(
-                "the {} queue is full ({queued} inputs queued, {n_inputs} more refused)",
-                msg.class.as_str()
-            );
+            let (queued, capacity, class) = (self.queues.len(msg.class), self.queues.capacity(msg.class), msg.class.as_str());
+            let error = if n_inputs > capacity {
+                ServeError::QueueTooSmall {
+                    inputs: n_inputs,
+                    capacity,
+                    class,
+                }
+            } else {
+                ServeError::Overloaded(format!(
+                    "the {class} queue is full ({queued} inputs queued, {n_inputs} more refused)"
+                ))
+            };
             if let Some(first) = items.into_iter().next() {
                 // One failure answers the request; the other items then drop as already answered.
-                first.fail(ServeError::Overloaded(message));
+                first.fail(error);
             }
             return;
         }

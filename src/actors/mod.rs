@@ -86,6 +86,16 @@ pub(crate) enum ServeError {
     InputTooLong { index: usize, max_tokens: usize },
     #[error("dimensions {asked} is not in 1..={dim}")]
     BadDimensions { asked: usize, dim: usize },
+    /// More inputs to compute than the class's queue ever holds: no retry would fit (not `Overloaded`).
+    #[error(
+        "{inputs} inputs to compute, more than the {class} queue ever holds ({capacity}, \
+         batcher.queue_capacity.{class}): send fewer per request"
+    )]
+    QueueTooSmall {
+        inputs: usize,
+        capacity: usize,
+        class: &'static str,
+    },
     #[error("{0}")]
     BadPrompt(String),
     #[error("{0}")]

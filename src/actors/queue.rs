@@ -124,6 +124,11 @@ impl<T: Queued> Queues<T> {
         }
     }
 
+    /// The most items a class queues for one model.
+    pub fn capacity(&self, class: Priority) -> usize {
+        self.capacity[class.index()]
+    }
+
     /// Queued items of a class, all models.
     pub fn len(&self, class: Priority) -> usize {
         self.classes[class.index()].len()

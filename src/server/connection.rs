@@ -321,6 +321,7 @@ pub(crate) fn error_code(err: &ServeError) -> ErrorCode {
         ServeError::ShuttingDown => ErrorCode::ShuttingDown,
         ServeError::Unavailable(_) => ErrorCode::Unavailable,
         ServeError::InputTooLong { .. } => ErrorCode::InputTooLong,
+        ServeError::QueueTooSmall { .. } => ErrorCode::TooManyInputs,
         ServeError::BadDimensions { .. } | ServeError::BadPrompt(_) => ErrorCode::InvalidRequest,
         ServeError::UnknownModel(_) => ErrorCode::UnknownModel,
         ServeError::Internal(_) => ErrorCode::Internal,

@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use super::connection;
 use crate::actors::{DaemonHandle, ServeError};
-use crate::config::{HttpConfig, QueueCapacity, ServerConfig};
+use crate::config::{HttpConfig, ServerConfig};
 use crate::engine::ModelInfo;
 use crate::metrics::Format;
 use crate::protocol::message::{EmbedRequest, Encoding, Priority};
@@ -56,8 +56,6 @@ struct App {
     handle: DaemonHandle,
     api_key: Option<Arc<str>>,
     max_inputs: usize,
-    /// Per class: a request of more inputs than its class's queue holds could never be queued.
-    queues: QueueCapacity,
     max_body_bytes: usize,
     read_timeout: Duration,
 }
@@ -129,19 +127,11 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Serves HTTP until `stop` is cancelled, then lets in-flight requests finish within the grace period.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    handle: DaemonHandle,
-    http: &HttpConfig,
-    server: &ServerConfig,
-    queues: &QueueCapacity,
-    stop: CancellationToken,
-) {
+pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &HttpConfig, server: &ServerConfig, stop: CancellationToken) {
     let app = App {
         handle: handle.clone(),
         api_key: http.api_key.as_deref().map(Arc::from),
         max_inputs: http.max_inputs,
-        queues: queues.clone(),
         max_body_bytes: http.max_body_bytes,
         read_timeout: Duration::from_millis(server.read_timeout_ms),
     };
@@ -231,27 +221,15 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         }
     };
     let inputs = inputs(request.input)?;
-    let class = priority(headers)?;
-    let too_many = |limit: usize, setting: String| {
-        ApiError::new(
+    if inputs.len() > app.max_inputs {
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
             ErrorCode::TooManyInputs.as_str(),
-            format!("{} inputs, at most {limit} per request ({setting})", inputs.len()),
+            format!("{} inputs, at most {} per request (http.max_inputs)", inputs.len(), app.max_inputs),
         )
         .param("input")
-        .counted_as(ErrorCode::TooManyInputs)
-    };
-    if inputs.len() > app.max_inputs {
-        return Err(too_many(app.max_inputs, "http.max_inputs".into()));
-    }
-    // Not `overloaded`: no retry would ever fit it.
-    if inputs.len() > app.queues.of(class) {
-        let name = class.as_str();
-        return Err(too_many(
-            app.queues.of(class),
-            format!("a {name} request: batcher.queue_capacity.{name}"),
-        ));
+        .counted_as(ErrorCode::TooManyInputs));
     }
     if request.dimensions == Some(0) {
         return Err(ApiError::invalid("dimensions must be at least 1".into()).param("dimensions"));
@@ -261,7 +239,7 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         normalize: None,
         truncate: request.truncate.unwrap_or(false),
         dimensions: request.dimensions.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        priority: class,
+        priority: priority(headers)?,
         deadline_ms: deadline_ms(headers)?,
         encoding: Encoding::F32,
         prompt_name: request.prompt_name,

@@ -158,8 +158,8 @@ fn hostile_http_clients_are_bounded_and_others_still_served() {
 
 #[test]
 fn a_request_larger_than_its_class_queue_is_too_many_inputs_not_overloaded() {
-    // http.max_inputs (2048) is larger than the realtime queue here: such a request could never be queued, so a
-    // retry would never help; `overloaded` would say the opposite.
+    // http.max_inputs (2048) is larger than the realtime queue here: a request with more inputs to compute than
+    // that could never be queued, so a retry would never help; `overloaded` would say the opposite.
     let (daemon, addr) = start("[batcher.queue_capacity]\nrealtime = 300\n");
     let body = format!(r#"{{"input": {}}}"#, serde_json::to_string(&vec!["a"; 301]).unwrap());
     let with_class = |class: &str| {
@@ -179,6 +179,9 @@ fn a_request_larger_than_its_class_queue_is_too_many_inputs_not_overloaded() {
     assert!(realtime.contains("batcher.queue_capacity.realtime"), "{realtime}");
     let normal = with_class("normal");
     assert_eq!(status_of(&normal), 200, "{normal}");
+    // The limit is on what must be computed: the same inputs, now cached, need no room in the queue.
+    let cached = with_class("realtime");
+    assert_eq!(status_of(&cached), 200, "{cached}");
     drop(daemon);
 }
 

@@ -73,7 +73,7 @@ fn start_up(runtime: &tokio::runtime::Runtime, dir: &std::path::Path, run: usize
 /// One `POST /v1/embeddings` on a kept-alive connection; returns the response body.
 fn http_embed(stream: &mut BufReader<TcpStream>, body: &str) -> String {
     let request = format!(
-        "POST /v1/embeddings HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.get_mut().write_all(request.as_bytes()).unwrap();

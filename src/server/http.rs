@@ -21,8 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -58,6 +59,8 @@ struct App {
     max_inputs: usize,
     max_body_bytes: usize,
     read_timeout: Duration,
+    /// Refuse requests whose `Host` names something other than this machine's loopback (see [`host_guard`]).
+    loopback_hosts_only: bool,
 }
 
 /// `POST /v1/embeddings`, as OpenAI defines it, plus akidb's optional fields.
@@ -134,6 +137,7 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
         max_inputs: http.max_inputs,
         max_body_bytes: http.max_body_bytes,
         read_timeout: Duration::from_millis(server.read_timeout_ms),
+        loopback_hosts_only: http.api_key.is_none() && listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback()),
     };
     let read_timeout = app.read_timeout;
     let router = Router::new()
@@ -144,6 +148,7 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), host_guard))
         .with_state(app);
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let tracker = TaskTracker::new();
@@ -378,6 +383,50 @@ async fn method_not_allowed(State(app): State<App>) -> Response {
 
 const ROUTES: &str = "POST /v1/embeddings, GET /v1/models, GET /v1/models/{id}, GET /health, GET /metrics";
 
+/// DNS rebinding: a web page can point a name of its own at 127.0.0.1 and then call the daemon as if it were its
+/// own origin, reading the answers. Its requests carry that name in `Host`. So when akidbd listens on loopback
+/// without an API key, a request must name loopback in `Host` (`localhost`, `*.localhost`, a loopback address,
+/// any port) or carry none (HTTP/1.0); others are `403 host_not_allowed`. With `http.api_key` set the key
+/// protects instead, and a reverse proxy may pass another `Host`.
+async fn host_guard(State(app): State<App>, request: Request, next: Next) -> Response {
+    if app.loopback_hosts_only {
+        let host = request.headers().get(header::HOST).map(|v| v.to_str().unwrap_or(""));
+        if host.is_some_and(|host| !names_loopback(host)) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "invalid_request_error",
+                "host_not_allowed",
+                "without http.api_key, requests must be addressed to localhost or a loopback address (Host header)".into(),
+            )
+            .counted_as(ErrorCode::PermissionDenied)
+            .answer(&app, Instant::now());
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether a `Host` header value names this machine's loopback: `localhost`, `*.localhost`, `127.x.x.x` or
+/// `[::1]`, with or without a port.
+fn names_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((inside, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(is_port) => inside,
+            _ => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        },
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit())
+}
+
 // === request parts ===
 
 fn authorize(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -593,6 +642,35 @@ impl IntoResponse for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_hosts_are_told_from_rebound_names() {
+        for host in [
+            "localhost",
+            "LOCALHOST:8080",
+            "127.0.0.1:8080",
+            "127.1.2.3",
+            "[::1]:8080",
+            "[::1]",
+            "a.localhost:1",
+            "localhost.",
+        ] {
+            assert!(names_loopback(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "localhost.evil.example",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "127.0.0.1:x",
+            "[::1]x",
+            "",
+            "::1",
+        ] {
+            assert!(!names_loopback(host), "{host}");
+        }
+    }
 
     #[test]
     fn only_bodies_declared_json_are_read() {

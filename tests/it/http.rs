@@ -186,6 +186,28 @@ fn a_request_larger_than_its_class_queue_is_too_many_inputs_not_overloaded() {
 }
 
 #[test]
+fn without_a_key_only_requests_addressed_to_loopback_are_served() {
+    // DNS rebinding: a page whose own name now resolves to 127.0.0.1 sends that name in Host.
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&format!("[http]\nlisten = {addr:?}\n"));
+    let get = |host: &str| {
+        exchange(
+            &addr,
+            format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    };
+    let rebound = get(&format!("attacker.example:{port}"));
+    assert_eq!(status_of(&rebound), 403, "{rebound}");
+    assert!(rebound.contains("\"code\":\"host_not_allowed\""), "{rebound}");
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}"), "[::1]".to_string()] {
+        let served = get(&host);
+        assert_eq!(status_of(&served), 200, "{host}: {served}");
+    }
+    drop(daemon);
+}
+
+#[test]
 fn http_listens_on_loopback_unless_allowed_and_health_needs_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("akidb.toml");

@@ -27,32 +27,6 @@ from akidb_client import Client  # noqa: E402
 PAUSE_S = 0.15
 
 
-def in_process(model_dir):
-    import numpy as np
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), providers=["CPUExecutionProvider"])
-    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
-    tok.enable_truncation(peers.max_tokens(model_dir))
-    names = {i.name for i in session.get_inputs()}
-
-    def embed(texts):
-        enc = tok.encode_batch(texts)
-        seq = max(len(e.ids) for e in enc)
-        ids = np.zeros((len(enc), seq), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, e in enumerate(enc):
-            ids[row, seq - len(e.ids):] = e.ids
-            mask[row, seq - len(e.ids):] = 1
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "position_ids" in names:
-            feed["position_ids"] = np.tile(np.arange(seq, dtype=np.int64), (len(enc), 1))
-        hidden = session.run(None, feed)[0][:, -1, :]
-        return hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
-
-    return embed
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir")
@@ -62,7 +36,7 @@ def main():
     sock = f"/tmp/akidb-paired-{os.getpid()}.sock"
     loaded = {}
     proc = peers.start_akidbd(args.model_dir, sock, "/tmp/akidb-paired.log",
-                              before_ready=lambda: loaded.setdefault("embed", in_process(args.model_dir)))
+                              before_ready=lambda: loaded.setdefault("embed", peers.ort_embedder(args.model_dir)))
     try:
         embed = loaded["embed"]
         client = Client(sock, timeout=900)

@@ -75,16 +75,16 @@ def max_tokens(model_dir):
     return 8192
 
 
-def run_ort(model_dir):
+def ort_embedder(model_dir):
+    """The model in this process with onnxruntime's defaults: embed(texts) -> unit vectors (left padding,
+    last-token pooling, as akidbd serves a decoder)."""
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
-    started = time.monotonic()
     session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tok.enable_truncation(max_tokens(model_dir))  # as akidbd and sentence-transformers truncate
     names = {i.name for i in session.get_inputs()}
-    ready = time.monotonic() - started
 
     def embed(texts):
         enc = tok.encode_batch(texts)
@@ -100,6 +100,13 @@ def run_ort(model_dir):
         hidden = session.run(None, feed)[0][:, -1, :]
         return hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
 
+    return embed
+
+
+def run_ort(model_dir):
+    started = time.monotonic()
+    embed = ort_embedder(model_dir)
+    ready = time.monotonic() - started
     return in_process(embed, ready)
 
 

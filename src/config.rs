@@ -881,18 +881,6 @@ impl Default for BatcherConfig {
     }
 }
 
-impl QueueCapacity {
-    /// The capacity of one class's queue.
-    pub fn of(&self, class: crate::protocol::message::Priority) -> usize {
-        use crate::protocol::message::Priority;
-        match class {
-            Priority::Realtime => self.realtime,
-            Priority::Normal => self.normal,
-            Priority::Bulk => self.bulk,
-        }
-    }
-}
-
 impl Default for QueueCapacity {
     fn default() -> Self {
         QueueCapacity {

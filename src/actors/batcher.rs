@@ -185,7 +185,7 @@ impl Actor for Batcher {
     async fn on_start(args: Self::Args, actor_ref: ActorRef<Self>) -> Result<Self, Self::Error> {
         let caps = &args.config.queue_capacity;
         Ok(Batcher {
-            queues: Queues::new([Priority::Realtime, Priority::Normal, Priority::Bulk].map(|class| caps.of(class))),
+            queues: Queues::new([caps.realtime, caps.normal, caps.bulk]),
             workers: args
                 .prefetch
                 .iter()

@@ -9,7 +9,9 @@
 //! Bounds for slow or hostile clients: at most `server.max_connections` connections (a new one waits up to a
 //! second for a slot, then is closed), request headers must arrive within `server.read_timeout_ms` (hyper's
 //! header timer) and the body within the same time, bodies over `http.max_body_bytes` are answered 413 without
-//! being read, and at most `http.max_inputs` inputs per request (OpenAI's 2048 by default).
+//! being read, and at most `http.max_inputs` inputs per request (OpenAI's 2048 by default). Against web pages:
+//! a body must be declared JSON (no CORS-"simple" request can make the daemon compute), and without an API key a
+//! loopback listener answers only requests addressed to loopback (`host_guard`, against DNS rebinding).
 //!
 //! Every answered request is counted in the status figures as a socket request is, including those refused
 //! here before they reach the actors (bad JSON, a wrong key, too many inputs): each such error carries the wire

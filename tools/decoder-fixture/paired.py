@@ -8,12 +8,23 @@ left padding and last-token pooling as peers.py does), then for each round and e
 each side, in alternating order, with a pause between them so that neither side's spinning threads overlap the
 other's run. Shapes: one short sentence; 8 short sentences in one request (one batch of 8 on both sides); one
 passage of ~180 tokens. Prints, per shape, both medians and the median of the per-pair ratios.
+
+    ... paired.py MODEL_DIR --loads [--rounds 8] [--out FILE]
+
+alternates whole loads instead, back to back as issue #12's benchmark runs them, with `akictl bench` (a Rust client,
+so that a Python client's own CPU time on these 2 cores is not charged to akidbd) as akidbd's client: one at a time
+(16 short sentences, one per request; in-process one per run), 8 clients short (8 connections x 8 requests of one
+sentence; in-process the 64 sentences in runs of 8), 2 clients x 8 long (2 connections x 1 request of 8 passages;
+in-process the 16 passages in runs of 8). Each side's figure is texts per second; the ratio is akidbd over
+in-process, per round, and its median.
 """
 import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +43,7 @@ def main():
     parser.add_argument("model_dir")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--loads", action="store_true", help="alternate whole loads (akictl bench as the client)")
     args = parser.parse_args()
     sock = f"/tmp/akidb-paired-{os.getpid()}.sock"
     loaded = {}
@@ -39,6 +51,12 @@ def main():
                               before_ready=lambda: loaded.setdefault("embed", peers.ort_embedder(args.model_dir)))
     try:
         embed = loaded["embed"]
+        if args.loads:
+            report = paired_loads(sock, embed, args)
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(report, f, indent=2)
+            return
         client = Client(sock, timeout=900)
         short, longs = peers.short_texts(200), peers.long_texts(40)
         shapes = {
@@ -82,6 +100,71 @@ def main():
     finally:
         proc.terminate()
         proc.wait()
+
+
+# The issue's three loads: (name, akictl connections, inputs per request, requests, in-process run size, texts).
+LOADS = [("one_at_a_time", 1, 1, 16, 1, "short"), ("short_8_clients", 8, 1, 64, 8, "short"),
+         ("long_2x8", 2, 8, 2, 8, "long")]
+
+
+def paired_loads(sock, embed, args):
+    """Whole loads, strictly alternating which side goes first; texts per second per side, per round."""
+    akictl = os.path.join(REPO, "target", "release", "akictl")
+    pools = {"short": peers.short_texts(200), "long": peers.long_texts(40)}
+    workdir = tempfile.mkdtemp(prefix="akidb-paired-")
+
+    def texts(r, kind, n):
+        pool = pools[kind]
+        return [pool[(r * n + i) % len(pool)] for i in range(n)]
+
+    def run_akidbd(r, load):
+        name, conns, batch, requests, _, kind = load
+        path = os.path.join(workdir, f"{name}-{r}.txt")
+        with open(path, "w") as f:
+            f.write("\n".join(texts(r, kind, batch * requests)) + "\n")
+        out = subprocess.run([akictl, "bench", "--socket", sock, "--concurrency", str(conns), "--batch", str(batch),
+                              "--requests", str(requests), "--duration", "3600", "--texts", path, "--json"],
+                             capture_output=True, text=True, check=True).stdout
+        report = json.loads(out)
+        if report["ok"] != requests:
+            raise SystemExit(f"akictl bench: {report['ok']} of {requests} requests answered: {out}")
+        return report["inputs_per_s"]
+
+    def run_ort(r, load):
+        _, _, batch, requests, size, kind = load
+        chunk = texts(r, kind, batch * requests)
+        started = time.perf_counter()
+        for i in range(0, len(chunk), size):
+            embed(chunk[i:i + size])
+        return len(chunk) / (time.perf_counter() - started)
+
+    sides = {"akidbd": run_akidbd, "onnxruntime": run_ort}
+    for load in LOADS:  # each load's shapes once outside the timing, on both sides
+        for run in sides.values():
+            run(199, load)
+    rates = {load[0]: {side: [] for side in sides} for load in LOADS}
+    for r in range(args.rounds):
+        for load in LOADS:
+            order = list(sides.items())
+            if r % 2:
+                order.reverse()
+            for side, run in order:
+                time.sleep(PAUSE_S)
+                rates[load[0]][side].append(run(r, load))
+    report = {"model_dir": args.model_dir, "rounds": args.rounds, "mode": "loads", "loads": {}}
+    for name, d in rates.items():
+        ratios = [a / o for a, o in zip(d["akidbd"], d["onnxruntime"])]
+        figures = {
+            "akidbd_median_per_s": round(statistics.median(d["akidbd"]), 3),
+            "onnxruntime_median_per_s": round(statistics.median(d["onnxruntime"]), 3),
+            "akidbd_over_onnxruntime_median": round(statistics.median(ratios), 4),
+            "ratios": [round(x, 4) for x in ratios],
+        }
+        report["loads"][name] = figures
+        print(f"{name}: akidbd {figures['akidbd_median_per_s']}/s, onnxruntime {figures['onnxruntime_median_per_s']}/s"
+              f" (medians); akidbd / onnxruntime, median of rounds {figures['akidbd_over_onnxruntime_median']:.3f}"
+              f" (min {min(ratios):.3f}, max {max(ratios):.3f})", flush=True)
+    return report
 
 
 if __name__ == "__main__":

@@ -75,13 +75,19 @@ def max_tokens(model_dir):
     return 8192
 
 
-def ort_embedder(model_dir):
+def ort_embedder(model_dir, profile_prefix=None):
     """The model in this process with onnxruntime's defaults: embed(texts) -> unit vectors (left padding,
-    last-token pooling, as akidbd serves a decoder)."""
+    last-token pooling, as akidbd serves a decoder); embed.session is the session. With profile_prefix, ORT's
+    profiler records every run (profile.py)."""
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
-    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options,
+                                   providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tok.enable_truncation(max_tokens(model_dir))  # as akidbd and sentence-transformers truncate
     names = {i.name for i in session.get_inputs()}
@@ -100,6 +106,7 @@ def ort_embedder(model_dir):
         hidden = session.run(None, feed)[0][:, -1, :]
         return hidden / np.linalg.norm(hidden, axis=1, keepdims=True)
 
+    embed.session = session
     return embed
 
 

@@ -16,7 +16,8 @@ so that a Python client's own CPU time on these 2 cores is not charged to akidbd
 (16 short sentences, one per request; in-process one per run), 8 clients short (8 connections x 8 requests of one
 sentence; in-process the 64 sentences in runs of 8), 2 clients x 8 long (2 connections x 1 request of 8 passages;
 in-process the 16 passages in runs of 8). Each side's figure is texts per second; the ratio is akidbd over
-in-process, per round, and its median.
+in-process, per round, and its median. Meant for the large decoders: on a model whose requests take a
+millisecond or two, akictl's connections and start are a real share of a 16-request load.
 """
 import argparse
 import json
@@ -50,56 +51,70 @@ def main():
     proc = peers.start_akidbd(args.model_dir, sock, "/tmp/akidb-paired.log",
                               before_ready=lambda: loaded.setdefault("embed", peers.ort_embedder(args.model_dir)))
     try:
-        embed = loaded["embed"]
-        if args.loads:
-            report = paired_loads(sock, embed, args)
-            if args.out:
-                with open(args.out, "w") as f:
-                    json.dump(report, f, indent=2)
-            return
-        client = Client(sock, timeout=900)
-        short, longs = peers.short_texts(200), peers.long_texts(40)
-        shapes = {
-            "one_short": lambda r: [short[r % 200]],
-            "eight_short": lambda r: short[(r * 8) % 192:(r * 8) % 192 + 8],
-            "one_long": lambda r: [longs[r % 40]],
-        }
-        sides = {"akidbd": lambda texts: client.embed(texts, cache=False), "onnxruntime": embed}
-        for pick in shapes.values():  # each shape's first run outside the timing, on both sides
-            for run in sides.values():
-                run(pick(199))
-        times = {shape: {side: [] for side in sides} for shape in shapes}
-        for r in range(args.rounds):
-            for shape, pick in shapes.items():
-                order = list(sides.items())
-                if r % 2:
-                    order.reverse()
-                for side, run in order:
-                    texts = pick(r)
-                    time.sleep(PAUSE_S)
-                    started = time.perf_counter()
-                    run(texts)
-                    times[shape][side].append(time.perf_counter() - started)
-        report = {"model_dir": args.model_dir, "rounds": args.rounds, "shapes": {}}
-        for shape, t in times.items():
-            ratios = [o / a for a, o in zip(t["akidbd"], t["onnxruntime"])]
-            figures = {
-                "akidbd_median_ms": round(statistics.median(t["akidbd"]) * 1000, 1),
-                "onnxruntime_median_ms": round(statistics.median(t["onnxruntime"]) * 1000, 1),
-                "akidbd_speed_over_onnxruntime_median_pair": round(statistics.median(ratios), 4),
-                "pairs_akidbd_faster": sum(x > 1 for x in ratios),
-            }
-            report["shapes"][shape] = figures
-            print(f"{shape}: akidbd {figures['akidbd_median_ms']} ms, onnxruntime {figures['onnxruntime_median_ms']} ms"
-                  f" (medians); akidbd speed / onnxruntime, median of pairs: "
-                  f"{figures['akidbd_speed_over_onnxruntime_median_pair']:.3f}, akidbd faster in "
-                  f"{figures['pairs_akidbd_faster']}/{args.rounds} pairs", flush=True)
+        run = paired_loads if args.loads else paired_requests
+        report = run(sock, loaded["embed"], args)
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=2)
     finally:
         proc.terminate()
         proc.wait()
+
+
+def alternate(rounds, cases, sides):
+    """Measures every case on every side: once outside the figures (round 199), then each round, the side that goes
+    first alternating, after a pause. cases: name -> case; sides: side -> measure(round, case) -> figure. Returns
+    name -> side -> the figures of the rounds."""
+    for case in cases.values():
+        for measure in sides.values():
+            measure(199, case)
+    figures = {name: {side: [] for side in sides} for name in cases}
+    for r in range(rounds):
+        for name, case in cases.items():
+            order = list(sides.items())
+            if r % 2:
+                order.reverse()
+            for side, measure in order:
+                time.sleep(PAUSE_S)
+                figures[name][side].append(measure(r, case))
+    return figures
+
+
+def paired_requests(sock, embed, args):
+    """One request per shape and side, timed; the ratio is onnxruntime's time over akidbd's (akidbd's speed)."""
+    client = Client(sock, timeout=900)
+    short, longs = peers.short_texts(200), peers.long_texts(40)
+    shapes = {
+        "one_short": lambda r: [short[r % 200]],
+        "eight_short": lambda r: short[(r * 8) % 192:(r * 8) % 192 + 8],
+        "one_long": lambda r: [longs[r % 40]],
+    }
+
+    def timed(run):
+        def measure(r, pick):
+            texts = pick(r)
+            started = time.perf_counter()
+            run(texts)
+            return time.perf_counter() - started
+        return measure
+
+    sides = {"akidbd": timed(lambda texts: client.embed(texts, cache=False)), "onnxruntime": timed(embed)}
+    times = alternate(args.rounds, shapes, sides)
+    report = {"model_dir": args.model_dir, "rounds": args.rounds, "shapes": {}}
+    for shape, t in times.items():
+        ratios = [o / a for a, o in zip(t["akidbd"], t["onnxruntime"])]
+        figures = {
+            "akidbd_median_ms": round(statistics.median(t["akidbd"]) * 1000, 1),
+            "onnxruntime_median_ms": round(statistics.median(t["onnxruntime"]) * 1000, 1),
+            "akidbd_speed_over_onnxruntime_median_pair": round(statistics.median(ratios), 4),
+            "pairs_akidbd_faster": sum(x > 1 for x in ratios),
+        }
+        report["shapes"][shape] = figures
+        print(f"{shape}: akidbd {figures['akidbd_median_ms']} ms, onnxruntime {figures['onnxruntime_median_ms']} ms"
+              f" (medians); akidbd speed / onnxruntime, median of pairs: "
+              f"{figures['akidbd_speed_over_onnxruntime_median_pair']:.3f}, akidbd faster in "
+              f"{figures['pairs_akidbd_faster']}/{args.rounds} pairs", flush=True)
+    return report
 
 
 # The issue's three loads: (name, akictl connections, inputs per request, requests, in-process run size, texts).
@@ -111,7 +126,7 @@ def paired_loads(sock, embed, args):
     """Whole loads, strictly alternating which side goes first; texts per second per side, per round."""
     akictl = os.path.join(REPO, "target", "release", "akictl")
     pools = {"short": peers.short_texts(200), "long": peers.long_texts(40)}
-    workdir = tempfile.mkdtemp(prefix="akidb-paired-")
+    workdir = tempfile.TemporaryDirectory(prefix="akidb-paired-")
 
     def texts(r, kind, n):
         pool = pools[kind]
@@ -119,7 +134,7 @@ def paired_loads(sock, embed, args):
 
     def run_akidbd(r, load):
         name, conns, batch, requests, _, kind = load
-        path = os.path.join(workdir, f"{name}-{r}.txt")
+        path = os.path.join(workdir.name, f"{name}-{r}.txt")
         with open(path, "w") as f:
             f.write("\n".join(texts(r, kind, batch * requests)) + "\n")
         out = subprocess.run([akictl, "bench", "--socket", sock, "--concurrency", str(conns), "--batch", str(batch),
@@ -138,19 +153,9 @@ def paired_loads(sock, embed, args):
             embed(chunk[i:i + size])
         return len(chunk) / (time.perf_counter() - started)
 
-    sides = {"akidbd": run_akidbd, "onnxruntime": run_ort}
-    for load in LOADS:  # each load's shapes once outside the timing, on both sides
-        for run in sides.values():
-            run(199, load)
-    rates = {load[0]: {side: [] for side in sides} for load in LOADS}
-    for r in range(args.rounds):
-        for load in LOADS:
-            order = list(sides.items())
-            if r % 2:
-                order.reverse()
-            for side, run in order:
-                time.sleep(PAUSE_S)
-                rates[load[0]][side].append(run(r, load))
+    with workdir:
+        rates = alternate(args.rounds, {load[0]: load for load in LOADS},
+                          {"akidbd": run_akidbd, "onnxruntime": run_ort})
     report = {"model_dir": args.model_dir, "rounds": args.rounds, "mode": "loads", "loads": {}}
     for name, d in rates.items():
         ratios = [a / o for a, o in zip(d["akidbd"], d["onnxruntime"])]

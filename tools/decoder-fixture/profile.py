@@ -33,7 +33,10 @@ def main():
     embed(pool[:args.batch])  # the shape's first run
     for r in range(1, args.runs + 1):
         embed([pool[(r * args.batch + i) % len(pool)] for i in range(args.batch)])
-    events = json.load(open(embed.session.end_profiling()))
+    profile = embed.session.end_profiling()
+    with open(profile) as f:
+        events = json.load(f)
+    os.remove(profile)
     runs = [e["dur"] for e in events if e.get("name") == "model_run"][1:]
     by_op, count = collections.Counter(), collections.Counter()
     for e in events:

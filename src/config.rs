@@ -450,29 +450,23 @@ impl Config {
                 errors.push(message);
             }
         };
-        let server = &self.server;
-        check(
-            server.socket_mode <= 0o777,
-            format!("server.socket_mode {:o} is not a file mode", server.socket_mode),
-        );
-        check(server.max_connections > 0, "server.max_connections must be at least 1".into());
-        check(server.max_frame_bytes >= 64, "server.max_frame_bytes must be at least 64".into());
-        check(server.max_inputs > 0, "server.max_inputs must be at least 1".into());
-        check(server.read_timeout_ms > 0, "server.read_timeout_ms must be at least 1".into());
-        check(
-            server.max_pending_replies > 0,
-            "server.max_pending_replies must be at least 1".into(),
-        );
-        if let Some(socket) = &server.socket {
-            check(!socket.as_os_str().is_empty(), "server.socket must not be empty".into());
-            check(
-                socket.as_os_str().len() < 108,
-                format!(
-                    "server.socket {} is longer than a Unix socket path may be (107 bytes)",
-                    socket.display()
-                ),
-            );
+        self.server.validate(&mut check);
+        self.validate_models(&mut check);
+        for (idx, device) in self.devices.iter().enumerate() {
+            device.validate(idx, &mut check);
         }
+        self.batcher.validate(&self.devices, self.server.max_inputs, &mut check);
+        self.http.validate(&mut check);
+        self.monitor.validate(&mut check);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// `[model]` or `[[models]]`: each model's own keys, unique names, and every device holding some model.
+    fn validate_models(&self, check: &mut impl FnMut(bool, String)) {
         if !self.models.is_empty() && self.model != ModelConfig::default() {
             check(
                 false,
@@ -480,7 +474,6 @@ impl Config {
             );
         }
         let n_devices = self.effective_devices().len();
-        let models = self.effective_models();
         let prefix = |i: usize| {
             if self.models.is_empty() {
                 "model".to_owned()
@@ -490,8 +483,8 @@ impl Config {
         };
         let mut names: Vec<String> = Vec::new();
         let mut served = vec![false; n_devices];
-        for (i, model) in models.iter().enumerate() {
-            model.validate(&prefix(i), n_devices, &mut check);
+        for (i, model) in self.effective_models().iter().enumerate() {
+            model.validate(&prefix(i), n_devices, check);
             let name = model.display_name();
             check(
                 !names.contains(&name),
@@ -512,67 +505,69 @@ impl Config {
                 format!("devices[{index}] holds no model: list it in some model's `devices`"),
             );
         }
-        for (idx, device) in self.devices.iter().enumerate() {
-            device.validate(idx, &mut check);
-        }
-        let batcher = &self.batcher;
-        check(batcher.max_batch_size > 0, "batcher.max_batch_size must be at least 1".into());
-        check(batcher.max_batch_tokens > 0, "batcher.max_batch_tokens must be at least 1".into());
-        for (idx, device) in self.devices.iter().enumerate() {
+    }
+}
+
+// === impl BatcherConfig ===
+
+impl BatcherConfig {
+    /// The batcher's own keys, and what they must agree with: TensorRT's batch profile on each device and the
+    /// largest request the server accepts.
+    fn validate(&self, devices: &[DeviceConfig], max_inputs: usize, check: &mut impl FnMut(bool, String)) {
+        check(self.max_batch_size > 0, "batcher.max_batch_size must be at least 1".into());
+        check(self.max_batch_tokens > 0, "batcher.max_batch_tokens must be at least 1".into());
+        for (idx, device) in devices.iter().enumerate() {
             let profile_max = device.tensorrt.profile_batch[2];
             if device.ep_chain().contains(&EpKind::Tensorrt) {
                 check(
-                    profile_max >= batcher.max_batch_size,
+                    profile_max >= self.max_batch_size,
                     format!(
                         "devices[{idx}].tensorrt.profile_batch allows batches of up to {profile_max}, below \
                          batcher.max_batch_size ({}): larger batches would fail on TensorRT",
-                        batcher.max_batch_size
+                        self.max_batch_size
                     ),
                 );
             }
         }
         check(
-            batcher.max_padding_ratio >= 1.0,
+            self.max_padding_ratio >= 1.0,
             "batcher.max_padding_ratio must be at least 1.0".into(),
         );
         check(
-            batcher.realtime_max_wait_ms > 0,
+            self.realtime_max_wait_ms > 0,
             "batcher.realtime_max_wait_ms must be at least 1".into(),
         );
-        let caps = &batcher.queue_capacity;
+        let caps = &self.queue_capacity;
         check(
             caps.realtime > 0 && caps.normal > 0 && caps.bulk > 0,
             "batcher.queue_capacity: every class needs room for at least 1 input".into(),
         );
         for class_cap in [caps.realtime, caps.normal, caps.bulk] {
             check(
-                class_cap >= server.max_inputs,
-                format!("batcher.queue_capacity ({class_cap}) is smaller than server.max_inputs ({}): a full-size request could never be queued", server.max_inputs),
+                class_cap >= max_inputs,
+                format!("batcher.queue_capacity ({class_cap}) is smaller than server.max_inputs ({max_inputs}): a full-size request could never be queued"),
             );
         }
         check(
-            batcher.warmup_seq_lengths.iter().all(|&n| n > 0),
+            self.warmup_seq_lengths.iter().all(|&n| n > 0),
             "batcher.warmup_seq_lengths must be positive".into(),
         );
-        check(batcher.restart_window_s > 0, "batcher.restart_window_s must be at least 1".into());
-        check(batcher.stuck_timeout_ms > 0, "batcher.stuck_timeout_ms must be at least 1".into());
-        self.http.validate(&mut check);
-        let monitor = &self.monitor;
-        check(monitor.interval_ms >= 10, "monitor.interval_ms must be at least 10".into());
+        check(self.restart_window_s > 0, "batcher.restart_window_s must be at least 1".into());
+        check(self.stuck_timeout_ms > 0, "batcher.stuck_timeout_ms must be at least 1".into());
+    }
+}
+
+// === impl MonitorConfig ===
+
+impl MonitorConfig {
+    fn validate(&self, check: &mut impl FnMut(bool, String)) {
+        check(self.interval_ms >= 10, "monitor.interval_ms must be at least 10".into());
+        check(self.soft_c < self.hard_c, "monitor.soft_c must be below monitor.hard_c".into());
+        check(self.hysteresis_c >= 0.0, "monitor.hysteresis_c must not be negative".into());
         check(
-            monitor.soft_c < monitor.hard_c,
-            "monitor.soft_c must be below monitor.hard_c".into(),
-        );
-        check(monitor.hysteresis_c >= 0.0, "monitor.hysteresis_c must not be negative".into());
-        check(
-            monitor.power_cap_w.is_none_or(|w| w > 0.0),
+            self.power_cap_w.is_none_or(|w| w > 0.0),
             "monitor.power_cap_w must be positive".into(),
         );
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
-        }
     }
 }
 
@@ -711,7 +706,31 @@ impl DeviceConfig {
     }
 }
 
+// === impl ServerConfig ===
+
 impl ServerConfig {
+    fn validate(&self, check: &mut impl FnMut(bool, String)) {
+        check(
+            self.socket_mode <= 0o777,
+            format!("server.socket_mode {:o} is not a file mode", self.socket_mode),
+        );
+        check(self.max_connections > 0, "server.max_connections must be at least 1".into());
+        check(self.max_frame_bytes >= 64, "server.max_frame_bytes must be at least 64".into());
+        check(self.max_inputs > 0, "server.max_inputs must be at least 1".into());
+        check(self.read_timeout_ms > 0, "server.read_timeout_ms must be at least 1".into());
+        check(self.max_pending_replies > 0, "server.max_pending_replies must be at least 1".into());
+        if let Some(socket) = &self.socket {
+            check(!socket.as_os_str().is_empty(), "server.socket must not be empty".into());
+            check(
+                socket.as_os_str().len() < 108,
+                format!(
+                    "server.socket {} is longer than a Unix socket path may be (107 bytes)",
+                    socket.display()
+                ),
+            );
+        }
+    }
+
     /// The number of I/O threads to start: `io_threads`, or one per 4 cores (at least one) when it is 0.
     pub fn io_threads(&self) -> usize {
         match self.io_threads {

@@ -30,7 +30,7 @@ use crate::cache::{CacheKey, Cached, EmbedCache};
 use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, ModelInfo, SharedTokenizer};
 use crate::protocol::Priority;
 pub(crate) use state::{DaemonState, Phase};
-pub(crate) use supervisor::{start, Heartbeats, SupervisorArgs};
+pub(crate) use supervisor::{start, Heartbeats, Started, SupervisorArgs};
 
 use batcher::{Batcher, Submit};
 use state::lock;

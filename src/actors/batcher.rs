@@ -21,7 +21,7 @@ use kameo::message::{Context, Message};
 use tokio::time::Instant;
 
 use super::inference::{InferenceActor, RunBatch};
-use super::queue::{Budget, Queues};
+use super::queue::{Budget, Picked, Queues};
 use super::state::{lock, DaemonState};
 use super::supervisor::{ReplaceDevice, Supervisor};
 use super::{Item, Pending, ServeError};
@@ -463,6 +463,8 @@ impl Batcher {
         }
     }
 
+    /// Hands batches to free devices while work is queued and the batching policy says to send now, then warm-ups,
+    /// the stuck check and the gauges.
     fn dispatch(&mut self) {
         let realtime_active = self.realtime_active();
         let mut skip = vec![false; self.workers.len()];
@@ -473,77 +475,89 @@ impl Batcher {
             if self.should_wait() || (self.workers[worker].outstanding.is_empty() && self.awaiting_refill()) {
                 break;
             }
-            let budgets: Vec<[Option<Budget>; 3]> = (0..self.costs.len())
-                .map(|model| Priority::ALL.map(|class| self.budget(class, model, realtime_active)))
-                .collect();
-            // Inputs whose deadline falls before this batch would end are answered now instead of computed late:
-            // under overload this keeps the device on requests that can still be met (no goodput collapse). A
-            // quarter of a batch time of margin (of the cheapest model's: the batch's model is not known yet):
-            // batch times vary, and an input finished late is wasted work.
-            let start = self.workers[worker].busy_until.max(Instant::now());
-            let batch_time = self.costs.iter().filter_map(|c| c.batch_time).min().unwrap_or(Duration::ZERO);
-            let horizon = start + batch_time.mul_f64(1.25);
-            let holds = &self.workers[worker].holds;
-            let Some(picked) = self.queues.pick(
-                horizon,
-                |class, model| budgets[model][class.index()],
-                |model| holds.get(model).copied().unwrap_or(false),
-            ) else {
+            let Some(mut picked) = self.pick_for(worker, realtime_active) else {
                 // Nothing this device holds is queued; another device may hold what is.
                 skip[worker] = true;
                 continue;
             };
-            for item in picked.expired {
+            for item in std::mem::take(&mut picked.expired) {
                 item.expire();
             }
             if picked.items.is_empty() {
                 continue;
             }
-            let model = picked.model;
-            let predicted = self.predicted(model, picked.padded_tokens);
-            // Device time is what models share: a model is charged the predicted run time of its batch (its
-            // padded tokens, in microseconds' worth of a nominal token, until its cost is measured).
-            let charge = if predicted.is_zero() {
-                picked.padded_tokens as f64
-            } else {
-                predicted.as_secs_f64() * 1e6
-            };
-            self.queues.charge(picked.class, model, charge);
-            let allowed = self.stuck_allowance(model, predicted, picked.padded_tokens / picked.items.len().max(1));
-            let pendings: Vec<Arc<Pending>> = picked.items.iter().map(|item| item.pending.clone()).collect();
-            let batch = RunBatch {
-                model,
-                items: picked.items,
-                padded_tokens: picked.padded_tokens,
-                real_tokens: picked.real_tokens,
-                warmup: None,
-            };
-            let slot = &mut self.workers[worker];
-            let actor = slot.actor.as_ref().expect("free_worker only returns devices with an actor");
-            match actor.tell(batch).try_send() {
-                Ok(()) => {
-                    let start = if slot.outstanding.is_empty() {
-                        slot.running_since = Instant::now();
-                        Instant::now()
-                    } else {
-                        slot.busy_until
-                    };
-                    slot.busy_until = start + predicted;
-                    slot.outstanding.push_back(predicted);
-                    slot.stuck_allowed.push_back(allowed);
-                    slot.in_flight.push_back(pendings);
-                }
-                Err(err) => {
-                    // The actor is restarting or gone; the batch's items answer `internal` as they drop. WorkerUp
-                    // brings the device back.
-                    tracing::warn!(device = worker, error = %err, "could not hand a batch to an inference actor");
-                    slot.actor = None;
-                }
-            }
+            self.hand_over(worker, picked);
         }
         self.send_warmups(realtime_active);
         self.check_stuck();
         self.update_gauges();
+    }
+
+    /// The next batch for `worker` from the models it holds, within each class's and model's budget; None when
+    /// nothing it holds is queued.
+    fn pick_for(&mut self, worker: usize, realtime_active: bool) -> Option<Picked<Item>> {
+        let budgets: Vec<[Option<Budget>; 3]> = (0..self.costs.len())
+            .map(|model| Priority::ALL.map(|class| self.budget(class, model, realtime_active)))
+            .collect();
+        // Inputs whose deadline falls before this batch would end are answered now instead of computed late:
+        // under overload this keeps the device on requests that can still be met (no goodput collapse). A
+        // quarter of a batch time of margin (of the cheapest model's: the batch's model is not known yet):
+        // batch times vary, and an input finished late is wasted work.
+        let start = self.workers[worker].busy_until.max(Instant::now());
+        let batch_time = self.costs.iter().filter_map(|c| c.batch_time).min().unwrap_or(Duration::ZERO);
+        let horizon = start + batch_time.mul_f64(1.25);
+        let holds = &self.workers[worker].holds;
+        self.queues.pick(
+            horizon,
+            |class, model| budgets[model][class.index()],
+            |model| holds.get(model).copied().unwrap_or(false),
+        )
+    }
+
+    /// Charges the batch's model for its predicted device time and tells `worker`'s actor to run it; the device
+    /// then counts as busy until the prediction ends.
+    fn hand_over(&mut self, worker: usize, picked: Picked<Item>) {
+        let model = picked.model;
+        let predicted = self.predicted(model, picked.padded_tokens);
+        // Device time is what models share: a model is charged the predicted run time of its batch (its
+        // padded tokens, in microseconds' worth of a nominal token, until its cost is measured).
+        let charge = if predicted.is_zero() {
+            picked.padded_tokens as f64
+        } else {
+            predicted.as_secs_f64() * 1e6
+        };
+        self.queues.charge(picked.class, model, charge);
+        let allowed = self.stuck_allowance(model, predicted, picked.padded_tokens / picked.items.len().max(1));
+        let pendings: Vec<Arc<Pending>> = picked.items.iter().map(|item| item.pending.clone()).collect();
+        let batch = RunBatch {
+            model,
+            items: picked.items,
+            padded_tokens: picked.padded_tokens,
+            real_tokens: picked.real_tokens,
+            warmup: None,
+        };
+        let slot = &mut self.workers[worker];
+        let actor = slot.actor.as_ref().expect("free_worker only returns devices with an actor");
+        match actor.tell(batch).try_send() {
+            Ok(()) => {
+                let start = if slot.outstanding.is_empty() {
+                    slot.running_since = Instant::now();
+                    Instant::now()
+                } else {
+                    slot.busy_until
+                };
+                slot.busy_until = start + predicted;
+                slot.outstanding.push_back(predicted);
+                slot.stuck_allowed.push_back(allowed);
+                slot.in_flight.push_back(pendings);
+            }
+            Err(err) => {
+                // The actor is restarting or gone; the batch's items answer `internal` as they drop. WorkerUp
+                // brings the device back.
+                tracing::warn!(device = worker, error = %err, "could not hand a batch to an inference actor");
+                slot.actor = None;
+            }
+        }
     }
 
     /// Hands idle devices the warm-up shapes they left for after READY, one at a time, only while nothing is

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use interprocess::local_socket::tokio::Stream;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncWriteExt, ReadHalf};
+use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,82 +44,115 @@ pub(crate) async fn run(
     // inputs are not computed for no one. (The end of reading is no such sign: a client may half-close and read.)
     let gone = CancellationToken::new();
     let writer_task = tokio::spawn(write_replies(writer, receiver, gone.clone()));
-    let requests = TaskTracker::new();
-    loop {
+    let connection = Connection {
+        handle,
+        policy,
+        gone,
+        requests: TaskTracker::new(),
+    };
+    while let Some((body, permit)) = connection.next_frame(&mut reader, &replies, &close, &stopping).await {
+        connection.take(&body, permit);
+    }
+    connection.requests.close();
+    tokio::select! {
+        _ = connection.requests.wait() => {}
+        _ = close.cancelled() => {}
+    }
+    drop(replies);
+    let _ = writer_task.await;
+}
+
+/// What the reading side of one connection shares with the tasks of its requests.
+struct Connection {
+    handle: DaemonHandle,
+    policy: Arc<ConnectionPolicy>,
+    /// Cancelled when the peer is gone (a reply could not be written).
+    gone: CancellationToken,
+    /// The requests in flight, one task each.
+    requests: TaskTracker,
+}
+
+impl Connection {
+    /// The next frame's body with the reply slot reserved for it, or None when the connection is done (closed by
+    /// either side, a framing error, or the daemon stopping while the connection is idle). A frame over the limit
+    /// is answered `frame_too_large` before the connection closes.
+    async fn next_frame(
+        &self,
+        reader: &mut ReadHalf<Stream>,
+        replies: &mpsc::Sender<Vec<u8>>,
+        close: &CancellationToken,
+        stopping: &CancellationToken,
+    ) -> Option<(Vec<u8>, OwnedPermit<Vec<u8>>)> {
         // Reserve the reply's slot before reading the request: this is the bound on unsent replies.
         let permit = tokio::select! {
-            _ = close.cancelled() => break,
-            permit = replies.clone().reserve_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
+            _ = close.cancelled() => return None,
+            permit = replies.clone().reserve_owned() => permit.ok()?,
         };
         let frame = tokio::select! {
             // A frame already there is read first (and refused `shutting_down` while stopping).
             biased;
-            _ = close.cancelled() => break,
-            frame = read_frame(&mut reader, &policy.limits) => frame,
-            () = idle_while_stopping(&stopping, &requests) => break,
+            _ = close.cancelled() => return None,
+            frame = read_frame(reader, &self.policy.limits) => frame,
+            () = idle_while_stopping(stopping, &self.requests) => return None,
         };
-        let body = match frame {
-            Ok(Some(body)) => body,
-            Ok(None) => break,
+        match frame {
+            Ok(Some(body)) => Some((body, permit)),
+            Ok(None) => None,
             Err(FrameError::TooLarge { len, max }) => {
                 let reply = ErrorReply::new(
                     0,
                     ErrorCode::FrameTooLarge,
                     format!("frame of {len} bytes is over max_frame_bytes {max}"),
                 );
-                handle
+                self.handle
                     .state
                     .record_reply(None, Duration::ZERO, 0, 0, Some(ErrorCode::FrameTooLarge));
                 permit.send(encode(&reply));
-                break;
+                None
             }
             Err(err) => {
                 tracing::debug!(error = %err, "closing connection");
-                break;
-            }
-        };
-        let received = Instant::now();
-        match decode_request(&body, policy.max_inputs) {
-            Err(err) => {
-                handle.state.record_reply(None, received.elapsed(), 0, 0, Some(err.code));
-                permit.send(encode(&err.reply()));
-            }
-            Ok(request) => {
-                let refused = match &request.op {
-                    Op::Embed(embed) => refusal(&handle, embed, received),
-                    _ => None,
-                };
-                if let Some(err) = refused {
-                    // Answered here, without a task: while stopping, and under overload for most requests.
-                    let code = error_code(&err);
-                    permit.send(encode(&ErrorReply::new(request.id, code, err.to_string())));
-                    continue;
-                }
-                let (handle, policy, gone) = (handle.clone(), policy.clone(), gone.clone());
-                handle.state.in_flight.fetch_add(1, Ordering::Relaxed);
-                requests.spawn(async move {
-                    tokio::select! {
-                        reply = answer(&handle, &policy, request, received) => {
-                            permit.send(reply);
-                        }
-                        // Dropping `answer` drops the request's reply receiver: its queued inputs are skipped.
-                        _ = gone.cancelled() => {}
-                    }
-                    handle.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-                });
+                None
             }
         }
     }
-    requests.close();
-    tokio::select! {
-        _ = requests.wait() => {}
-        _ = close.cancelled() => {}
+
+    /// Decodes one request and answers it: at once when it is malformed or refused (stopping, overload), else in
+    /// a task of its own, so that the next frame is read meanwhile.
+    fn take(&self, body: &[u8], permit: OwnedPermit<Vec<u8>>) {
+        let received = Instant::now();
+        let handle = &self.handle;
+        let request = match decode_request(body, self.policy.max_inputs) {
+            Ok(request) => request,
+            Err(err) => {
+                handle.state.record_reply(None, received.elapsed(), 0, 0, Some(err.code));
+                permit.send(encode(&err.reply()));
+                return;
+            }
+        };
+        let refused = match &request.op {
+            Op::Embed(embed) => refusal(handle, embed, received),
+            _ => None,
+        };
+        if let Some(err) = refused {
+            // Answered here, without a task: while stopping, and under overload for most requests.
+            let code = error_code(&err);
+            permit.send(encode(&ErrorReply::new(request.id, code, err.to_string())));
+            return;
+        }
+        let (handle, policy, gone) = (handle.clone(), self.policy.clone(), self.gone.clone());
+        handle.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.requests.spawn(async move {
+            tokio::select! {
+                reply = answer(&handle, &policy, request, received) => {
+                    permit.send(reply);
+                }
+                // Dropping `answer` drops the request's reply receiver: its queued inputs are skipped.
+                _ = gone.cancelled() => {}
+            }
+            handle.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
     }
-    drop(replies);
-    let _ = writer_task.await;
 }
 
 /// Resolves once the daemon is stopping and this connection has no request in flight, so that a client that

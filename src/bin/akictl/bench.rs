@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use akidb::client::{check, decode_embed, embed_request, Client, ClientError, EmbedParams, Priority, RawReply, RequestWriter};
@@ -128,7 +129,7 @@ pub async fn run(socket: &Path, mut args: BenchArgs) -> Result<ExitCode, ClientE
 
 async fn bench(socket: &Path, args: &BenchArgs, mix: &[Priority], texts: &[String]) -> Result<Report, ClientError> {
     let deadline = Instant::now() + Duration::from_secs_f64(args.duration.clamp(0.01, 3600.0));
-    let budget = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
+    let budget = std::sync::Arc::new(AtomicU64::new(args.requests.unwrap_or(u64::MAX)));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for conn in 0..args.concurrency.max(1) {
@@ -180,6 +181,8 @@ async fn bench(socket: &Path, args: &BenchArgs, mix: &[Priority], texts: &[Strin
     })
 }
 
+/// One connection of the load: sends what is due (closed loop: up to `depth` in flight; open loop: on its share of
+/// the rate), reconnects every `churn` requests, and counts the replies until the deadline or the budget ends it.
 async fn connection(
     client: Client,
     conn: usize,
@@ -187,48 +190,100 @@ async fn connection(
     mix: &[Priority],
     texts: &[String],
     deadline: Instant,
-    budget: &std::sync::atomic::AtomicU64,
+    budget: &AtomicU64,
 ) -> Result<Tally, ClientError> {
-    let mut tally = Tally::default();
-    let mut in_flight: HashMap<u64, (Instant, Priority, usize)> = HashMap::new();
-    let mut counter = conn * 7919;
-    let mut on_this_connection = 0u64;
-    let depth = args.depth.max(1);
-    // Open loop: this connection's share of the rate, its first send offset so that connections interleave.
-    let interval = args
-        .rate
-        .filter(|rate| *rate > 0.0)
-        .map(|rate| Duration::from_secs_f64(args.concurrency.max(1) as f64 / rate));
-    let mut next_send = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(conn as f64 / args.concurrency.max(1) as f64));
+    let mut load = ConnectionLoad::new(conn, args, mix, texts, deadline, budget);
     let (mut writer, mut replies) = open(client);
     loop {
-        if args.churn > 0 && on_this_connection >= args.churn && in_flight.is_empty() {
+        if args.churn > 0 && load.on_this_connection >= args.churn && load.in_flight.is_empty() {
             (writer, replies) = open(Client::connect(&client_socket(args)).await?);
-            on_this_connection = 0;
+            load.on_this_connection = 0;
         }
+        load.send_due(&mut writer).await?;
+        let sending = load.interval.is_some() && Instant::now() < deadline && budget.load(Ordering::Acquire) > 0;
+        if load.in_flight.is_empty() && !sending {
+            return Ok(load.tally);
+        }
+        let reply = if sending {
+            tokio::select! {
+                reply = replies.recv() => reply,
+                _ = tokio::time::sleep_until(load.next_send.min(deadline)) => continue,
+            }
+        } else {
+            replies.recv().await
+        };
+        load.record(reply.ok_or(ClientError::Closed)??)?;
+    }
+}
+
+/// One connection's share of the load: what it sends, what it has in flight, what it has counted.
+struct ConnectionLoad<'a> {
+    args: &'a BenchArgs,
+    mix: &'a [Priority],
+    texts: &'a [String],
+    deadline: Instant,
+    budget: &'a AtomicU64,
+    /// Open loop: the time between two sends of this connection.
+    interval: Option<Duration>,
+    next_send: Instant,
+    /// Picks the next class and texts.
+    counter: usize,
+    on_this_connection: u64,
+    /// Sent and not yet answered: when, in which class, how many inputs.
+    in_flight: HashMap<u64, (Instant, Priority, usize)>,
+    tally: Tally,
+}
+
+impl<'a> ConnectionLoad<'a> {
+    fn new(conn: usize, args: &'a BenchArgs, mix: &'a [Priority], texts: &'a [String], deadline: Instant, budget: &'a AtomicU64) -> Self {
+        // Open loop: this connection's share of the rate, its first send offset so that connections interleave.
+        let connections = args.concurrency.max(1) as f64;
+        let interval = args
+            .rate
+            .filter(|rate| *rate > 0.0)
+            .map(|rate| Duration::from_secs_f64(connections / rate));
+        let offset = interval.map_or(Duration::ZERO, |i| i.mul_f64(conn as f64 / connections));
+        ConnectionLoad {
+            args,
+            mix,
+            texts,
+            deadline,
+            budget,
+            interval,
+            next_send: Instant::now() + offset,
+            counter: conn * 7919,
+            on_this_connection: 0,
+            in_flight: HashMap::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Sends every request that is due now.
+    async fn send_due(&mut self, writer: &mut RequestWriter) -> Result<(), ClientError> {
+        let (args, depth) = (self.args, self.args.depth.max(1));
         let now = Instant::now();
-        while now < deadline && (args.churn == 0 || on_this_connection < args.churn) {
-            if let Some(interval) = interval {
-                if next_send > now {
+        while now < self.deadline && (args.churn == 0 || self.on_this_connection < args.churn) {
+            if let Some(interval) = self.interval {
+                if self.next_send > now {
                     break;
                 }
-                next_send += interval;
-                if in_flight.len() >= depth {
-                    tally.held_back += 1;
+                self.next_send += interval;
+                if self.in_flight.len() >= depth {
+                    self.tally.held_back += 1;
                     continue;
                 }
-            } else if in_flight.len() >= depth {
+            } else if self.in_flight.len() >= depth {
                 break;
             }
-            if !take_one(budget) {
+            if !take_one(self.budget) {
                 break;
             }
-            on_this_connection += 1;
-            let class = mix[counter % mix.len()];
+            self.on_this_connection += 1;
+            let class = self.mix[self.counter % self.mix.len()];
             let batch: Vec<&String> = (0..args.batch.max(1))
-                .map(|i| &texts[(counter * 31 + i * 17) % texts.len()])
+                .map(|i| &self.texts[(self.counter * 31 + i * 17) % self.texts.len()])
                 .collect();
-            counter += 1;
+            self.counter += 1;
             let params = EmbedParams {
                 priority: Some(class),
                 deadline_ms: args.deadline_ms,
@@ -237,24 +292,17 @@ async fn connection(
                 ..EmbedParams::default()
             };
             let id = writer.send(embed_request(&batch, &params)).await?;
-            in_flight.insert(id, (Instant::now(), class, batch.len()));
+            self.in_flight.insert(id, (Instant::now(), class, batch.len()));
         }
-        let sending = interval.is_some() && Instant::now() < deadline && budget.load(std::sync::atomic::Ordering::Acquire) > 0;
-        if in_flight.is_empty() && !sending {
-            return Ok(tally);
-        }
-        let reply = if sending {
-            tokio::select! {
-                reply = replies.recv() => reply,
-                _ = tokio::time::sleep_until(next_send.min(deadline)) => continue,
-            }
-        } else {
-            replies.recv().await
-        };
-        let reply = reply.ok_or(ClientError::Closed)??;
-        let Some((sent, class, n_inputs)) = in_flight.remove(&reply.id) else {
+        Ok(())
+    }
+
+    /// Counts one reply: its latency and inputs when it succeeded, its code when the daemon refused it.
+    fn record(&mut self, reply: RawReply) -> Result<(), ClientError> {
+        let Some((sent, class, n_inputs)) = self.in_flight.remove(&reply.id) else {
             return Err(ClientError::Decode(format!("reply to unknown request {}", reply.id)));
         };
+        let tally = &mut self.tally;
         tally.requests += 1;
         match check(reply) {
             Ok(body) => {
@@ -267,6 +315,7 @@ async fn connection(
             Err(ClientError::Server { code, .. }) => *tally.errors.entry(code.as_str().to_owned()).or_default() += 1,
             Err(other) => return Err(other),
         }
+        Ok(())
     }
 }
 
@@ -290,11 +339,9 @@ fn client_socket(args: &BenchArgs) -> std::path::PathBuf {
     args.socket.clone().expect("set by run()")
 }
 
-fn take_one(budget: &std::sync::atomic::AtomicU64) -> bool {
+fn take_one(budget: &AtomicU64) -> bool {
     budget
-        .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
-            n.checked_sub(1)
-        })
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
         .is_ok()
 }
 

@@ -5,9 +5,22 @@ use std::path::Path;
 
 use akidb::protocol::message::{SensorStatus, StatusBody};
 
-/// The `akictl status` screen; no line is longer than 80 columns.
+/// The `akictl status` screen; no line is longer than 80 columns. Its sections, top to bottom: the header (daemon,
+/// socket, models), the devices, the queues and their latency, the totals.
 pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     let mut out = String::new();
+    header_section(&mut out, status, socket);
+    let _ = writeln!(out);
+    devices_section(&mut out, status);
+    let _ = writeln!(out);
+    queues_section(&mut out, status);
+    let _ = writeln!(out);
+    totals_section(&mut out, status);
+    out
+}
+
+/// The daemon's version, state and uptime, its socket and its models.
+fn header_section(out: &mut String, status: &StatusBody, socket: &Path) {
     let uptime = format_duration(status.uptime_s);
     let _ = writeln!(out, "akidbd {}  {}  up {uptime}", status.version, status.status.to_uppercase());
     let _ = writeln!(out, "socket  {}", clip(&socket.display().to_string(), 72));
@@ -23,7 +36,10 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     if status.models.len() > 1 {
         let _ = writeln!(out, "{}", models_table(status));
     }
-    let _ = writeln!(out);
+}
+
+/// One line per device, with its sensors, sessions and last error under it.
+fn devices_section(out: &mut String, status: &StatusBody) {
     let _ = writeln!(
         out,
         "{:<4}{:<10}{:<15}{:<11}{:>9}{:>10}{:>12}",
@@ -56,7 +72,11 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
             let _ = writeln!(out, "    last error: {}", clip(error, 64));
         }
     }
-    let _ = writeln!(out);
+}
+
+/// One line per priority class (queued, requests, latency percentiles), then the cache, the realtime bound and
+/// the thermal state.
+fn queues_section(out: &mut String, status: &StatusBody) {
     let _ = writeln!(
         out,
         "{:<10}{:>8}{:>10}{:>10}{:>10}{:>10}{:>10}",
@@ -92,7 +112,10 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
         "thermal     {}  hottest {hottest}  (soft {:.0} C, hard {:.0} C)",
         thermal.state, thermal.soft_c, thermal.hard_c
     );
-    let _ = writeln!(out);
+}
+
+/// Throughput, batching, totals and errors by code.
+fn totals_section(out: &mut String, status: &StatusBody) {
     let t = &status.throughput;
     let _ = writeln!(
         out,
@@ -113,7 +136,6 @@ pub fn status_screen(status: &StatusBody, socket: &Path) -> String {
     let errors: Vec<String> = c.errors.iter().map(|(code, n)| format!("{code} {n}")).collect();
     let errors = if errors.is_empty() { "none".to_owned() } else { errors.join(", ") };
     let _ = writeln!(out, "errors      {}", clip(&errors, 68));
-    out
 }
 
 /// One line per served model: its queues, latency (normal class), devices and cache hit ratio.

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::protocol::message::StatusBody;
+use crate::protocol::message::{CacheStats, StatusBody};
 
 /// The two text formats Prometheus reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,27 +84,7 @@ pub fn prometheus_text(status: &StatusBody, format: Format) -> String {
     gauge(&mut registry, "mean_batch_size", "Mean inputs per batch", status.mean_batch_size);
     register_devices(&mut registry, status);
     register_models(&mut registry, status);
-    let cache = &status.cache;
-    counter(&mut registry, "cache_hits", "Inputs answered from the embedding cache", cache.hits);
-    counter(
-        &mut registry,
-        "cache_misses",
-        "Inputs looked up in the embedding cache and computed",
-        cache.misses,
-    );
-    counter(
-        &mut registry,
-        "cache_evictions",
-        "Embedding cache entries evicted to make room",
-        cache.evictions,
-    );
-    gauge(
-        &mut registry,
-        "cache_entries",
-        "Vectors in the embedding cache",
-        cache.entries as f64,
-    );
-    gauge(&mut registry, "cache_bytes", "Bytes the embedding cache holds", cache.bytes as f64);
+    register_cache(&mut registry, &status.cache);
     let thermal = match status.thermal.state.as_str() {
         "hard" => 2.0,
         "soft" => 1.0,
@@ -114,6 +94,25 @@ pub fn prometheus_text(status: &StatusBody, format: Format) -> String {
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     tidy(&out, format)
+}
+
+/// The embedding cache's counters and size.
+fn register_cache(registry: &mut Registry, cache: &CacheStats) {
+    counter(registry, "cache_hits", "Inputs answered from the embedding cache", cache.hits);
+    counter(
+        registry,
+        "cache_misses",
+        "Inputs looked up in the embedding cache and computed",
+        cache.misses,
+    );
+    counter(
+        registry,
+        "cache_evictions",
+        "Embedding cache entries evicted to make room",
+        cache.evictions,
+    );
+    gauge(registry, "cache_entries", "Vectors in the embedding cache", cache.entries as f64);
+    gauge(registry, "cache_bytes", "Bytes the embedding cache holds", cache.bytes as f64);
 }
 
 /// Sorts the series of each family and, for [`Format::Classic`], renames counter families to their samples'

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::batcher::{BatchDone, Batcher, CostSample, WorkerUp};
-use super::state::{lock, DaemonState, DeviceState, Phase};
+use super::state::{lock, DaemonState, DeviceShared, DeviceState, Phase};
 use super::{Item, ServeError, ServedModel};
 use crate::config::{DeviceConfig, EpKind};
 use crate::engine::{Embedder, Encoded, EngineError, OrtEngine};
@@ -95,19 +95,7 @@ impl Actor for InferenceActor {
         let device = &args.state.devices[args.index];
         let first_start = *args.startup.borrow() == Startup::Pending;
         if !first_start {
-            if matches!(*args.startup.borrow(), Startup::Failed { .. }) {
-                return Err("the device failed at startup".into());
-            }
-            let restarts = device.restarts.fetch_add(1, Ordering::Relaxed) + 1;
-            device.set_state(DeviceState::Restarting);
-            let backoff = restart_backoff(restarts);
-            tracing::warn!(
-                device = args.index,
-                restarts,
-                backoff_ms = backoff.as_millis() as u64,
-                "restarting inference actor"
-            );
-            tokio::time::sleep(backoff).await;
+            back_off_before_restart(&args).await?;
         }
         let (sessions, warmups) = match build_and_warm_up(&args) {
             Ok(warmed) => warmed,
@@ -124,15 +112,7 @@ impl Actor for InferenceActor {
                 return Err(message);
             }
         };
-        // The device's provider is its first session's: every session on a device is built with the same
-        // provider chain.
-        let first = sessions.iter().flatten().next().map(|s| s.engine.as_ref());
-        let ep = first.map_or(EpKind::Cpu, |engine| engine.active_ep());
-        *lock(&device.ep) = ep.to_string();
-        let mut precisions: Vec<&str> = sessions.iter().flatten().map(|s| s.engine.precision()).collect();
-        precisions.dedup();
-        *lock(&device.precision) = Some(precisions.join(","));
-        device.set_state(DeviceState::Ready);
+        let ep = publish_device(device, &sessions);
         let _ = args
             .batcher
             .tell(WorkerUp {
@@ -154,6 +134,38 @@ impl Actor for InferenceActor {
             state: args.state,
         })
     }
+}
+
+/// Before a restart: counts it and waits out the backoff. A device that failed at startup is not restarted.
+async fn back_off_before_restart(args: &InferenceArgs) -> Result<(), String> {
+    if matches!(*args.startup.borrow(), Startup::Failed { .. }) {
+        return Err("the device failed at startup".into());
+    }
+    let device = &args.state.devices[args.index];
+    let restarts = device.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+    device.set_state(DeviceState::Restarting);
+    let backoff = restart_backoff(restarts);
+    tracing::warn!(
+        device = args.index,
+        restarts,
+        backoff_ms = backoff.as_millis() as u64,
+        "restarting inference actor"
+    );
+    tokio::time::sleep(backoff).await;
+    Ok(())
+}
+
+/// Marks a warmed-up device ready in the state, with its provider and precisions; returns the provider (its first
+/// session's: every session on a device is built with the same provider chain).
+fn publish_device(device: &DeviceShared, sessions: &[Option<Session>]) -> EpKind {
+    let first = sessions.iter().flatten().next().map(|s| s.engine.as_ref());
+    let ep = first.map_or(EpKind::Cpu, |engine| engine.active_ep());
+    *lock(&device.ep) = ep.to_string();
+    let mut precisions: Vec<&str> = sessions.iter().flatten().map(|s| s.engine.precision()).collect();
+    precisions.dedup();
+    *lock(&device.precision) = Some(precisions.join(","));
+    device.set_state(DeviceState::Ready);
+    ep
 }
 
 /// 100 ms, doubling with each restart, at most 5 s.
@@ -298,11 +310,22 @@ impl Message<RunBatch> for InferenceActor {
     type Reply = ();
 
     async fn handle(&mut self, msg: RunBatch, _ctx: &mut Context<Self, Self::Reply>) {
-        let device = &self.state.devices[self.index];
-        device.set_state(DeviceState::Busy);
+        self.state.devices[self.index].set_state(DeviceState::Busy);
         let started = Instant::now();
         let model = msg.model;
-        let Some(session) = self.sessions.get_mut(model).and_then(Option::as_mut) else {
+        let (n_computed, padded_tokens) = self.serve_batch(msg, started);
+        let done = self.finish(model, n_computed, padded_tokens, started);
+        let _ = self.batcher.tell(done).send().await;
+    }
+}
+
+impl InferenceActor {
+    /// Serves one batch: a warm-up, a batch to refuse (no session, the stop's time ran out), or inputs to compute
+    /// (those whose caller has left or whose deadline passed are answered, not computed). Returns what the batcher
+    /// is told: the inputs computed and the padded tokens the device ran.
+    fn serve_batch(&mut self, msg: RunBatch, started: Instant) -> (usize, usize) {
+        let device = &self.state.devices[self.index];
+        let Some(session) = self.sessions.get_mut(msg.model).and_then(Option::as_mut) else {
             // The batcher sends a device only the models it holds.
             for item in msg.items {
                 item.fail(ServeError::Internal(format!(
@@ -310,9 +333,7 @@ impl Message<RunBatch> for InferenceActor {
                     self.index
                 )));
             }
-            let done = self.finish(model, 0, 0, started);
-            let _ = self.batcher.tell(done).send().await;
-            return;
+            return (0, 0);
         };
         *lock(&device.stopper) = session.engine.run_stopper();
         if let Some((batch_size, seq)) = msg.warmup {
@@ -320,18 +341,14 @@ impl Message<RunBatch> for InferenceActor {
             if let Err(err) = run_warmup(session.engine.as_mut(), &session.filler, batch_size, seq) {
                 tracing::warn!(device = self.index, error = %err, "warm-up after ready failed");
             }
-            let done = self.finish(model, 0, msg.padded_tokens, started);
-            let _ = self.batcher.tell(done).send().await;
-            return;
+            return (0, msg.padded_tokens);
         }
         if self.state.work_cut.load(Ordering::Acquire) {
             // The graceful stop ran out of time: answer instead of computing.
             for item in msg.items {
                 item.fail(ServeError::ShuttingDown);
             }
-            let done = self.finish(model, 0, 0, started);
-            let _ = self.batcher.tell(done).send().await;
-            return;
+            return (0, 0);
         }
         let (live, dead): (Vec<Item>, Vec<Item>) = msg.items.into_iter().partition(|item| item.pending.is_live(Instant::now()));
         for item in dead {
@@ -341,38 +358,43 @@ impl Message<RunBatch> for InferenceActor {
         inject_faults(&live);
         let n_live = live.len();
         if n_live > 0 {
-            let batch: Vec<&Encoded> = live.iter().map(|item| &item.encoded).collect();
-            let result = session.engine.run(&batch);
-            let elapsed_us = started.elapsed().as_micros() as u64;
-            match result {
-                Ok(vectors) => {
-                    let mut late = 0;
-                    for (item, vector) in live.into_iter().zip(vectors) {
-                        late += u64::from(!item.complete(vector, started, elapsed_us));
-                    }
-                    self.state.late_inputs.fetch_add(late, Ordering::Relaxed);
-                }
-                Err(err) if self.state.phase() == Phase::Stopping => {
-                    // Stopped at the end of the grace period (see `WorkStopper`).
-                    tracing::warn!(device = self.index, error = %err, "batch cut short by the stop");
-                    for item in live {
-                        item.fail(ServeError::ShuttingDown);
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(device = self.index, error = %err, "batch failed");
-                    *lock(&device.last_error) = Some(err.to_string());
-                    for item in live {
-                        item.fail(ServeError::Internal(err.to_string()));
-                    }
-                }
-            }
+            compute(&self.state, self.index, session, live, started);
             device.batches.fetch_add(1, Ordering::Relaxed);
             device.inputs.fetch_add(n_live as u64, Ordering::Relaxed);
             self.state.record_batch(n_live, msg.padded_tokens, msg.real_tokens);
         }
-        let done = self.finish(model, n_live, msg.padded_tokens, started);
-        let _ = self.batcher.tell(done).send().await;
+        (n_live, msg.padded_tokens)
+    }
+}
+
+/// Runs the live inputs of a batch on the device's session and answers each: its vector, or the batch's error
+/// (`shutting_down` when the stop cut the run short, else `internal`).
+fn compute(state: &DaemonState, index: usize, session: &mut Session, live: Vec<Item>, started: Instant) {
+    let batch: Vec<&Encoded> = live.iter().map(|item| &item.encoded).collect();
+    let result = session.engine.run(&batch);
+    let elapsed_us = started.elapsed().as_micros() as u64;
+    match result {
+        Ok(vectors) => {
+            let mut late = 0;
+            for (item, vector) in live.into_iter().zip(vectors) {
+                late += u64::from(!item.complete(vector, started, elapsed_us));
+            }
+            state.late_inputs.fetch_add(late, Ordering::Relaxed);
+        }
+        Err(err) if state.phase() == Phase::Stopping => {
+            // Stopped at the end of the grace period (see `WorkStopper`).
+            tracing::warn!(device = index, error = %err, "batch cut short by the stop");
+            for item in live {
+                item.fail(ServeError::ShuttingDown);
+            }
+        }
+        Err(err) => {
+            tracing::error!(device = index, error = %err, "batch failed");
+            *lock(&state.devices[index].last_error) = Some(err.to_string());
+            for item in live {
+                item.fail(ServeError::Internal(err.to_string()));
+            }
+        }
     }
 }
 

@@ -212,24 +212,7 @@ impl DaemonHandle {
             })?;
         let (sender, receiver) = oneshot::channel();
         let items = self.items(&job, index, &misses, encoded, &hits, keys, sender);
-        let n_items = items.len();
-        if let Err(err) = self
-            .batcher
-            .tell(Submit {
-                class: job.priority,
-                items,
-            })
-            .try_send()
-        {
-            // The message (and with it every item) is dropped here; the items' Drop would answer `internal`, so the
-            // reply is taken by the specific error first.
-            return Err(match err {
-                kameo::error::SendError::MailboxFull(_) => {
-                    ServeError::Overloaded(format!("the batcher's mailbox is full ({n_items} inputs refused)"))
-                }
-                _ => ServeError::Unavailable("the batcher is not running".into()),
-            });
-        }
+        self.submit(job.priority, items)?;
         let outcome = match job.deadline {
             Some(deadline) => match tokio::time::timeout_at(deadline, receiver).await {
                 Ok(outcome) => outcome,
@@ -238,6 +221,19 @@ impl DaemonHandle {
             None => receiver.await,
         };
         outcome.unwrap_or_else(|_| Err(ServeError::Internal("the request was lost inside the daemon".into())))
+    }
+
+    /// Hands a request's items to the batcher, or says why it cannot take them.
+    fn submit(&self, class: Priority, items: Vec<Item>) -> Result<(), ServeError> {
+        let n_items = items.len();
+        self.batcher.tell(Submit { class, items }).try_send().map_err(|err| match err {
+            // The message (and with it every item) is dropped here; the items' Drop would answer `internal`, so the
+            // reply is taken by the specific error first.
+            kameo::error::SendError::MailboxFull(_) => {
+                ServeError::Overloaded(format!("the batcher's mailbox is full ({n_items} inputs refused)"))
+            }
+            _ => ServeError::Unavailable("the batcher is not running".into()),
+        })
     }
 
     /// Why an embed request of this class and deadline would be refused before any work is done on it: the

@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::connection;
-use crate::actors::{DaemonHandle, ServeError};
+use crate::actors::{DaemonHandle, EmbedDone, ServeError};
 use crate::config::{HttpConfig, ServerConfig};
 use crate::engine::ModelInfo;
 use crate::metrics::Format;
@@ -142,16 +142,7 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
         loopback_hosts_only: http.api_key.is_none() && listener.local_addr().is_ok_and(|addr| addr.ip().is_loopback()),
     };
     let read_timeout = app.read_timeout;
-    let router = Router::new()
-        .route("/v1/embeddings", post(embeddings))
-        .route("/v1/models", get(models))
-        .route("/v1/models/{id}", get(model))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(app.clone(), host_guard))
-        .with_state(app);
+    let router = router(app);
     let slots = Arc::new(Semaphore::new(server.max_connections));
     let tracker = TaskTracker::new();
     let close_all = CancellationToken::new();
@@ -173,21 +164,7 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
             super::Admission::Stopping => break,
         };
         let service = TowerToHyperService::new(router.clone());
-        let close = close_all.child_token();
-        tracker.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(TokioTimer::new()).header_read_timeout(read_timeout);
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = close.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
-                }
-            }
-            drop(slot);
-        });
+        tracker.spawn(serve_connection(stream, service, read_timeout, close_all.child_token(), slot));
     }
     drop(listener);
     tracker.close();
@@ -195,6 +172,43 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
     close_all.cancel();
     let grace = Duration::from_millis(server.shutdown_grace_ms);
     let _ = tokio::time::timeout(grace, tracker.wait()).await;
+}
+
+/// The routes: OpenAI's embeddings and models, health and metrics; every request passes the Host check first.
+fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), host_guard))
+        .with_state(app)
+}
+
+/// One HTTP/1 connection until the client closes it, or `close` asks it to finish its request in flight (two
+/// seconds at most) and close; `slot` is its place among `server.max_connections`.
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    service: TowerToHyperService<Router>,
+    read_timeout: Duration,
+    close: CancellationToken,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(read_timeout);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = close.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection).await;
+        }
+    }
+    drop(slot);
 }
 
 // === handlers ===
@@ -207,9 +221,27 @@ async fn embeddings(State(app): State<App>, headers: HeaderMap, body: Body) -> R
     }
 }
 
+/// `POST /v1/embeddings`: the OpenAI request translated to the socket's, served by the same path, answered in
+/// OpenAI's shape.
 async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) -> Result<Response, ApiError> {
     authorize(app, headers)?;
     let request: EmbeddingsRequest = read_json(app, headers, body).await?;
+    let (embed, base64) = translate(app, headers, request)?;
+    if let Some(err) = connection::refusal(&app.handle, &embed, received) {
+        return Err(ApiError::from_serve(&err));
+    }
+    let state = &app.handle.state;
+    let model = embed.model.clone().unwrap_or_default();
+    state.in_flight.fetch_add(1, Ordering::Relaxed);
+    let outcome = connection::serve_embed(&app.handle, embed, received).await;
+    state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    let done = outcome.map_err(|err| ApiError::from_serve(&err))?;
+    Ok(embeddings_reply(done, &model, base64))
+}
+
+/// Checks an OpenAI embeddings request and translates it to the socket's request (with the served model's name
+/// filled in); also says whether the vectors go back as base64.
+fn translate(app: &App, headers: &HeaderMap, request: EmbeddingsRequest) -> Result<(EmbedRequest, bool), ApiError> {
     let state = &app.handle.state;
     let model = match state.model_index(request.model.as_deref()) {
         Ok(index) => &state.models[index],
@@ -254,13 +286,11 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
         model: Some(model.name.clone()),
         cache: request.cache.unwrap_or(true),
     };
-    if let Some(err) = connection::refusal(&app.handle, &embed, received) {
-        return Err(ApiError::from_serve(&err));
-    }
-    state.in_flight.fetch_add(1, Ordering::Relaxed);
-    let outcome = connection::serve_embed(&app.handle, embed, received).await;
-    state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let done = outcome.map_err(|err| ApiError::from_serve(&err))?;
+    Ok((embed, base64))
+}
+
+/// The OpenAI embeddings answer: one item per input, in order, as floats or base64 of little-endian f32.
+fn embeddings_reply(done: EmbedDone, model: &str, base64: bool) -> Response {
     let data = done
         .embeddings
         .into_iter()
@@ -279,13 +309,13 @@ async fn embed(app: &App, headers: &HeaderMap, body: Body, received: Instant) ->
     let reply = EmbeddingsReply {
         object: "list",
         data,
-        model: &model.name,
+        model,
         usage: Usage {
             prompt_tokens: done.tokens,
             total_tokens: done.tokens,
         },
     };
-    Ok(Json(reply).into_response())
+    Json(reply).into_response()
 }
 
 async fn models(State(app): State<App>, headers: HeaderMap) -> Response {

@@ -12,7 +12,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 use crate::protocol::frame::encode_frame;
-use crate::protocol::message::{unpack_f32, EmbedReply, Embeddings, Encoding, Envelope, InfoReply, RawRequest, StatusBody, StatusReply};
+use crate::protocol::message::{
+    unpack_f32, EmbedReply, Embeddings, Encoding, Envelope, InfoReply, RawRequest, RerankReply, StatusBody, StatusReply,
+};
 pub use crate::protocol::message::{ErrorCode, Priority};
 use crate::protocol::{read_frame, FrameError, FrameLimits};
 
@@ -49,6 +51,25 @@ pub enum ClientError {
         /// The daemon's explanation.
         message: String,
     },
+}
+
+/// Options of a `rerank` call (every field optional, as on the wire).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RerankParams {
+    /// Only the N best.
+    pub top_n: Option<u64>,
+    /// Logits instead of the model's activation of them.
+    pub raw_scores: Option<bool>,
+    /// Cut over-long pairs (None: true).
+    pub truncate: Option<bool>,
+    /// Priority class.
+    pub priority: Option<Priority>,
+    /// Answer `deadline_exceeded` past this many ms.
+    pub deadline_ms: Option<u64>,
+    /// The reranker, by name (None: the daemon's first reranker).
+    pub model: Option<String>,
+    /// false bypasses the cache.
+    pub cache: Option<bool>,
 }
 
 /// Options of an `embed` call.
@@ -180,6 +201,11 @@ impl Client {
         decode_embed(&body)
     }
 
+    /// Scores `documents` against `query` with a reranker (a cross-encoder); results best first.
+    pub async fn rerank<S: AsRef<str>>(&mut self, query: &str, documents: &[S], params: &RerankParams) -> Result<RerankReply, ClientError> {
+        decode(&self.call(rerank_request(query, documents, params)).await?)
+    }
+
     /// `health`: "starting", "ready", "degraded" or "stopping".
     pub async fn health(&mut self) -> Result<String, ClientError> {
         let body = self.call(op("health")).await?;
@@ -250,6 +276,23 @@ pub fn embed_request<S: AsRef<str>>(texts: &[S], params: &EmbedParams) -> RawReq
         encoding: params.array_encoding.then_some(Encoding::Array),
         prompt_name: params.prompt_name.clone(),
         prompt: params.prompt.clone(),
+        model: params.model.clone(),
+        cache: params.cache,
+        ..RawRequest::default()
+    }
+}
+
+/// A `rerank` request for `documents` against `query` with `params`.
+pub fn rerank_request<S: AsRef<str>>(query: &str, documents: &[S], params: &RerankParams) -> RawRequest {
+    RawRequest {
+        op: Some("rerank".into()),
+        query: Some(query.to_owned()),
+        documents: Some(documents.iter().map(|t| t.as_ref().to_owned()).collect()),
+        top_n: params.top_n,
+        raw_scores: params.raw_scores,
+        truncate: params.truncate,
+        priority: params.priority,
+        deadline_ms: params.deadline_ms,
         model: params.model.clone(),
         cache: params.cache,
         ..RawRequest::default()

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::cache::{CacheKey, Cached, EmbedCache};
-use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, ModelInfo, SharedTokenizer};
+use crate::engine::{check_dimensions, finish_vector, EmbedOptions, Encoded, EngineError, ModelInfo, SharedTokenizer, TextTokenizer};
 use crate::protocol::Priority;
 pub(crate) use state::{DaemonState, Phase};
 pub(crate) use supervisor::{start, Heartbeats, Started, SupervisorArgs};
@@ -44,6 +44,9 @@ pub(crate) struct EmbedJob {
     pub prompt: Option<String>,
     /// The model asked for by name (None: the default model).
     pub model: Option<String>,
+    /// A rerank request's query: each input is then a document scored against it by a cross-encoder, and each
+    /// "embedding" is the pair's logit.
+    pub query: Option<String>,
     /// Whether the embedding cache may answer and store this request.
     pub use_cache: bool,
     pub options: EmbedOptions,
@@ -100,6 +103,9 @@ pub(crate) enum ServeError {
     BadPrompt(String),
     #[error("{0}")]
     UnknownModel(String),
+    /// An embed request to a reranker, or a rerank request to an embedding model.
+    #[error("{0}")]
+    WrongTask(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -183,10 +189,15 @@ impl DaemonHandle {
         let index = self.state.model_index(job.model.as_deref()).map_err(ServeError::UnknownModel)?;
         let served = &self.models[index];
         let model = &served.info;
+        check_task(&job, model)?;
         check_dimensions(&job.options, model).map_err(engine_to_serve)?;
-        let prompt = model
-            .resolve_prompt(job.prompt_name.as_deref(), job.prompt.as_deref())
-            .map_err(engine_to_serve)?;
+        // A rerank request's query stands where a prompt does: in the cache key and before each document.
+        let prompt = match &job.query {
+            Some(query) => Some(query.as_str()),
+            None => model
+                .resolve_prompt(job.prompt_name.as_deref(), job.prompt.as_deref())
+                .map_err(engine_to_serve)?,
+        };
         // The cache answers what it has; only the inputs it misses are tokenized and queued.
         let cache = &self.state.cache;
         let keys: Vec<Option<CacheKey>> = job
@@ -200,7 +211,7 @@ impl DaemonHandle {
             return Ok(answer_from_cache(&job, index, model, &hits));
         }
         let texts: Vec<String> = misses.iter().map(|&i| job.inputs[i].clone()).collect();
-        let encoded = tokenize(&served.tokenizer, texts, prompt, job.options.truncate)
+        let encoded = tokenize(&served.tokenizer, texts, prompt, job.options.truncate, job.query.is_some())
             .await
             .map_err(|err| match err {
                 // Name the input by its index in the request, not among the misses.
@@ -327,23 +338,47 @@ fn answer_from_cache(job: &EmbedJob, index: usize, model: &ModelInfo, hits: &[Op
 }
 
 /// Tokenizes a request's inputs with its model's tokenizer: inline when small, on the blocking pool otherwise.
+/// With `pairs`, `prompt` is a rerank query and each text a document paired with it.
 async fn tokenize(
     tokenizer: &SharedTokenizer,
     texts: Vec<String>,
     prompt: Option<&str>,
     truncate: bool,
+    pairs: bool,
 ) -> Result<Vec<Encoded>, ServeError> {
     let total_bytes: usize = texts.iter().map(String::len).sum::<usize>() + prompt.map_or(0, str::len) * texts.len();
+    let encode = move |tokenizer: &TextTokenizer, texts: &[String], prompt: Option<&str>| match (pairs, prompt) {
+        (true, Some(query)) => tokenizer.encode_pairs(query, texts, truncate),
+        _ => tokenizer.encode_all(texts, prompt, truncate),
+    };
     let result = if total_bytes <= INLINE_TOKENIZE_BYTES {
-        tokenizer.encode_all(&texts, prompt, truncate)
+        encode(tokenizer, &texts, prompt)
     } else {
         let tokenizer = tokenizer.clone();
         let prompt = prompt.map(str::to_owned);
-        tokio::task::spawn_blocking(move || tokenizer.encode_all(&texts, prompt.as_deref(), truncate))
+        tokio::task::spawn_blocking(move || encode(&tokenizer, &texts, prompt.as_deref()))
             .await
             .map_err(|e| ServeError::Internal(format!("tokenizer task failed: {e}")))?
     };
     result.map_err(engine_to_serve)
+}
+
+/// A rerank request needs a cross-encoder, an embed request an embedding model; a rerank request has no prompt.
+fn check_task(job: &EmbedJob, model: &ModelInfo) -> Result<(), ServeError> {
+    match (job.query.is_some(), model.is_reranker()) {
+        (true, false) => Err(ServeError::WrongTask(format!(
+            "model {:?} is an embedding model, not a reranker: send it `embed` requests",
+            model.name
+        ))),
+        (false, true) => Err(ServeError::WrongTask(format!(
+            "model {:?} is a reranker (a cross-encoder): send it `rerank` requests",
+            model.name
+        ))),
+        (true, true) if job.prompt.is_some() || job.prompt_name.is_some() || job.options.dimensions.is_some() => Err(
+            ServeError::WrongTask("a rerank request takes no prompt, prompt_name or dimensions".into()),
+        ),
+        _ => Ok(()),
+    }
 }
 
 fn engine_to_serve(err: EngineError) -> ServeError {

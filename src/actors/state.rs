@@ -496,6 +496,7 @@ mod tests {
     fn a_device_being_restarted_is_not_counted_as_serving() {
         let dir = std::path::PathBuf::from("models/x");
         let model = crate::engine::ModelInfo {
+            task: crate::engine::Task::Embed,
             name: "m".into(),
             dir: dir.clone(),
             onnx_path: dir.join("model.onnx"),

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use crate::config::EpKind;
-pub use model::{Attention, ModelInfo, Pooling, MAX_TOKENS_CAP};
+pub use model::{Activation, Attention, ModelInfo, Pooling, Task, MAX_TOKENS_CAP};
 pub use session::{environment, environment_with_shared_pool, load_engine, ort_library_path, ort_version, OrtEngine, SETUP_ORT_LIBRARY};
 pub use tokenizer::{Encoded, TextTokenizer};
 
@@ -152,6 +152,28 @@ pub fn finish_vector(mut vector: Vec<f32>, options: &EmbedOptions, model: &Model
         pooling::l2_normalize(&mut vector);
     }
     vector
+}
+
+// === impl Activation ===
+
+impl Activation {
+    /// The score of a logit.
+    pub fn apply(self, logit: f32) -> f32 {
+        match self {
+            Activation::Sigmoid => 1.0 / (1.0 + (-logit).exp()),
+            Activation::Identity => logit,
+            Activation::Tanh => logit.tanh(),
+        }
+    }
+
+    /// The name status and info report.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Activation::Sigmoid => "sigmoid",
+            Activation::Identity => "identity",
+            Activation::Tanh => "tanh",
+        }
+    }
 }
 
 /// Checks `dimensions` against the model.

@@ -374,7 +374,18 @@ fn output(session: &Session, model: &ModelInfo) -> Result<Output, EngineError> {
     let outputs: Vec<(&str, Option<TensorElementType>)> = session.outputs().iter().map(|o| (o.name(), o.dtype().tensor_type())).collect();
     let find = |name: &str| outputs.iter().find(|(n, _)| *n == name);
     let names: Vec<&str> = outputs.iter().map(|(n, _)| *n).collect();
-    let chosen = if !model.head_modules.is_empty() {
+    let chosen = if model.is_reranker() {
+        let Some(found) = find("logits") else {
+            return Err(model_error(
+                onnx,
+                &format!(
+                    "config.json describes a cross-encoder (sequence classification), but the graph has no logits \
+                     output (outputs: {names:?}); export the sequence-classification model"
+                ),
+            ));
+        };
+        (found, true)
+    } else if !model.head_modules.is_empty() {
         let Some(found) = find("sentence_embedding") else {
             return Err(model_error(
                 onnx,

@@ -127,6 +127,61 @@ impl TextTokenizer {
         })
     }
 
+    /// Tokenizes one (query, document) pair as a cross-encoder reads it: the tokenizer's pair template (`[CLS] q
+    /// [SEP] d [SEP]` with segment ids for BERT), truncated longest-first to `max_tokens` as sentence-transformers'
+    /// `truncation=True` does. With `truncate == false` an over-long pair is [`EngineError::InputTooLong`].
+    pub fn encode_pair(&self, query: &str, document: &str, truncate: bool) -> Result<Encoded, EngineError> {
+        let (query, document) = if self.lower_case {
+            (query.to_lowercase().into(), document.to_lowercase().into())
+        } else {
+            (std::borrow::Cow::Borrowed(query), std::borrow::Cow::Borrowed(document))
+        };
+        let tokenize = |document: &str| {
+            self.inner
+                .encode((query.as_ref(), document), true)
+                .map_err(|e| EngineError::Tokenizer(e.to_string()))
+        };
+        // As for one text: a very long document whose prefix alone overflows max_tokens keeps no token past that
+        // prefix (longest-first truncation keeps at most max_tokens of it), so the prefix is tokenized instead.
+        let window = self.max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN);
+        let encoding = match prefix_cut(&document, window) {
+            Some(cut) if self.overflows(&document[..cut])? => tokenize(&document[..cut])?,
+            _ => tokenize(&document)?,
+        };
+        let truncated = !encoding.get_overflowing().is_empty();
+        if truncated && !truncate {
+            return Err(EngineError::InputTooLong {
+                index: 0,
+                max_tokens: self.max_tokens,
+            });
+        }
+        Ok(Encoded {
+            ids: encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
+            type_ids: encoding.get_type_ids().iter().map(|&id| i64::from(id)).collect(),
+            truncated,
+        })
+    }
+
+    /// Whether `text` alone has more than `max_tokens` tokens.
+    fn overflows(&self, text: &str) -> Result<bool, EngineError> {
+        let encoding = self.inner.encode(text, true).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(!encoding.get_overflowing().is_empty())
+    }
+
+    /// Tokenizes documents, each paired with `query`, naming the failing index in errors.
+    pub fn encode_pairs<S: AsRef<str>>(&self, query: &str, documents: &[S], truncate: bool) -> Result<Vec<Encoded>, EngineError> {
+        documents
+            .iter()
+            .enumerate()
+            .map(|(index, document)| {
+                self.encode_pair(query, document.as_ref(), truncate).map_err(|e| match e {
+                    EngineError::InputTooLong { max_tokens, .. } => EngineError::InputTooLong { index, max_tokens },
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
     /// Tokenizes several inputs, each behind `prompt` when there is one, naming the failing index in errors.
     pub fn encode_all<S: AsRef<str>>(&self, texts: &[S], prompt: Option<&str>, truncate: bool) -> Result<Vec<Encoded>, EngineError> {
         texts

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ConnectionPolicy;
+use super::{rerank, ConnectionPolicy};
 use crate::actors::{DaemonHandle, EmbedDone, EmbedJob, Phase, ServeError};
 use crate::engine::EmbedOptions;
 use crate::protocol::frame::append_frame;
@@ -132,6 +132,7 @@ impl Connection {
         };
         let refused = match &request.op {
             Op::Embed(embed) => refusal(handle, embed, received),
+            Op::Rerank(rerank) => rerank::refusal(handle, rerank, received),
             _ => None,
         };
         if let Some(err) = refused {
@@ -229,6 +230,10 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
                 Err(err) => encode(&ErrorReply::new(id, error_code(&err), err.to_string())),
             }
         }
+        Op::Rerank(rerank) => match rerank::serve_rerank(handle, rerank, received).await {
+            Ok(done) => encode(&rerank::rerank_reply(handle, id, done, received.elapsed())),
+            Err(err) => encode(&ErrorReply::new(id, error_code(&err), err.to_string())),
+        },
     }
 }
 
@@ -283,6 +288,7 @@ fn job(embed: EmbedRequest, received: Instant) -> EmbedJob {
         prompt_name: embed.prompt_name,
         prompt: embed.prompt,
         model: embed.model,
+        query: None,
         use_cache: embed.cache,
     }
 }
@@ -335,6 +341,7 @@ fn info(handle: &DaemonHandle, policy: &ConnectionPolicy, id: u64) -> InfoReply 
             .iter()
             .map(|model| ModelDescription {
                 name: model.name.clone(),
+                task: if model.is_reranker() { "rerank" } else { "embed" }.to_owned(),
                 dim: model.dim as u64,
                 max_tokens: model.max_tokens as u64,
                 pooling: model.pooling.as_str().to_owned(),
@@ -355,7 +362,7 @@ pub(crate) fn error_code(err: &ServeError) -> ErrorCode {
         ServeError::Unavailable(_) => ErrorCode::Unavailable,
         ServeError::InputTooLong { .. } => ErrorCode::InputTooLong,
         ServeError::QueueTooSmall { .. } => ErrorCode::TooManyInputs,
-        ServeError::BadDimensions { .. } | ServeError::BadPrompt(_) => ErrorCode::InvalidRequest,
+        ServeError::BadDimensions { .. } | ServeError::BadPrompt(_) | ServeError::WrongTask(_) => ErrorCode::InvalidRequest,
         ServeError::UnknownModel(_) => ErrorCode::UnknownModel,
         ServeError::Internal(_) => ErrorCode::Internal,
     }

@@ -17,6 +17,8 @@
 //! here before they reach the actors (bad JSON, a wrong key, too many inputs): each such error carries the wire
 //! code it is counted under ([`ApiError::counted`]).
 
+mod rerank;
+
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -178,6 +180,8 @@ pub(crate) async fn serve(listener: TcpListener, handle: DaemonHandle, http: &Ht
 fn router(app: App) -> Router {
     Router::new()
         .route("/v1/embeddings", post(embeddings))
+        .route("/rerank", post(rerank::tei))
+        .route("/v1/rerank", post(rerank::cohere))
         .route("/v1/models", get(models))
         .route("/v1/models/{id}", get(model))
         .route("/health", get(health))

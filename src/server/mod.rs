@@ -6,6 +6,7 @@
 
 pub(crate) mod connection;
 pub(crate) mod http;
+pub(crate) mod rerank;
 pub(crate) mod shutdown;
 
 use std::io;

@@ -27,7 +27,7 @@ fn start(extra: &str) -> (Daemon, String) {
 }
 
 /// Sends raw bytes and reads the whole response (the request asks the server to close).
-fn exchange(addr: &str, raw: &[u8]) -> String {
+pub(crate) fn exchange(addr: &str, raw: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     stream.write_all(raw).unwrap();

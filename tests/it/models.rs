@@ -205,7 +205,7 @@ async fn three_models_in_one_daemon_each_serve_their_exact_vectors() {
 }
 
 /// Measures how many long inputs per second `model` runs here, to size a backlog in time rather than in count.
-async fn inputs_per_second(daemon: &Daemon, model: &str, long: &[String]) -> f64 {
+pub(crate) async fn inputs_per_second(daemon: &Daemon, model: &str, long: &[String]) -> f64 {
     let mut client = daemon.client().await;
     let params = EmbedParams {
         cache: Some(false),
@@ -220,7 +220,7 @@ async fn inputs_per_second(daemon: &Daemon, model: &str, long: &[String]) -> f64
 }
 
 /// Sends `requests` requests of `long` at `priority` to `model` without reading the replies.
-async fn backlog(daemon: &Daemon, model: &str, long: &[String], requests: usize, priority: Priority) -> akidb::client::Client {
+pub(crate) async fn backlog(daemon: &Daemon, model: &str, long: &[String], requests: usize, priority: Priority) -> akidb::client::Client {
     let mut client = daemon.client().await;
     let params = EmbedParams {
         cache: Some(false),
@@ -233,7 +233,7 @@ async fn backlog(daemon: &Daemon, model: &str, long: &[String], requests: usize,
     client
 }
 
-async fn queued(client: &mut akidb::client::Client, model: usize, class: &str) -> u64 {
+pub(crate) async fn queued(client: &mut akidb::client::Client, model: usize, class: &str) -> u64 {
     client.status().await.unwrap().models[model].queues[class]
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use akidb::client::{Client, ClientError, EmbedParams, Priority};
+use akidb::client::{Client, ClientError, EmbedParams, Priority, RerankParams};
 use clap::{Parser, Subcommand};
 
 const EXIT_NOT_READY: u8 = 1;
@@ -77,6 +77,29 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         batch: usize,
     },
+    /// Rerank documents (arguments after the query, or one per stdin line) against a query with a reranker;
+    /// prints one JSON object per result, best first: {"index", "score", "document"}.
+    Rerank {
+        /// The query.
+        query: String,
+        /// The candidate documents; none: read stdin, one per line.
+        documents: Vec<String>,
+        /// Only the N best.
+        #[arg(long)]
+        top_n: Option<u64>,
+        /// Print the logits instead of the model's activation of them.
+        #[arg(long)]
+        raw_scores: bool,
+        /// Fail on over-long pairs instead of truncating.
+        #[arg(long)]
+        no_truncate: bool,
+        /// realtime | normal | bulk.
+        #[arg(long, default_value = "normal")]
+        priority: String,
+        /// The reranker, by name (default: the daemon's first reranker).
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Load generator: bounded in time and count; reports throughput, latency per class and errors.
     Bench(bench::BenchArgs),
     /// The status figures as Prometheus text: the classic format 0.0.4 (what node_exporter's textfile collector
@@ -138,6 +161,29 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
                 ..EmbedParams::default()
             };
             embed(socket, texts, params, batch.max(1)).await
+        }
+        Command::Rerank {
+            query,
+            documents,
+            top_n,
+            raw_scores,
+            no_truncate,
+            priority,
+            model,
+        } => {
+            let Some(priority) = Priority::parse(&priority) else {
+                eprintln!("akictl: --priority must be realtime, normal or bulk");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            let params = RerankParams {
+                top_n,
+                raw_scores: raw_scores.then_some(true),
+                truncate: Some(!no_truncate),
+                priority: Some(priority),
+                model,
+                ..RerankParams::default()
+            };
+            rerank(socket, &query, documents, params).await
         }
         Command::Bench(bench_args) => bench::run(socket, bench_args).await,
         Command::Metrics { openmetrics } => metrics(socket, openmetrics).await,
@@ -231,6 +277,23 @@ async fn embed(socket: &Path, texts: Vec<String>, params: EmbedParams, batch: us
     for chunk in lines.chunks(batch) {
         let done = client.embed(chunk, &params).await?;
         emit(chunk, done.embeddings);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rerank(socket: &Path, query: &str, documents: Vec<String>, params: RerankParams) -> Result<ExitCode, ClientError> {
+    let documents = if documents.is_empty() {
+        std::io::stdin().lock().lines().map_while(Result::ok).collect()
+    } else {
+        documents
+    };
+    let mut client = Client::connect(socket).await?;
+    let reply = client.rerank(query, &documents, &params).await?;
+    let mut out = std::io::stdout().lock();
+    for result in reply.results {
+        let document = &documents[result.index as usize];
+        let line = serde_json::json!({ "index": result.index, "score": result.score, "document": document });
+        let _ = writeln!(out, "{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -26,9 +26,36 @@ pub const MAX_TOKENS_CAP: usize = 8192;
 /// Inputs this long or longer make spelled-out attention costly (see [`ModelInfo::long_input_warning`]).
 pub const LONG_INPUT_TOKENS: usize = 2048;
 
+/// What a model computes, known from its directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    /// Sentence embeddings: a sentence-transformers `SentenceTransformer` directory.
+    Embed,
+    /// A relevance score for each (query, document) pair: a sentence-transformers `CrossEncoder` directory whose
+    /// export is the sequence-classification model (`logits`, one label).
+    Rerank {
+        /// What `CrossEncoder.predict` applies to the logit by default.
+        activation: Activation,
+    },
+}
+
+/// A cross-encoder's activation on its logit (`activation_fn` in the directory; sigmoid for one label by
+/// default, as sentence-transformers does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// The logit itself.
+    Identity,
+    /// `tanh(x)`.
+    Tanh,
+}
+
 /// What the engine needs to know about a model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
+    /// Embeddings or rerank scores.
+    pub task: Task,
     /// Name reported to clients.
     pub name: String,
     /// The model directory.
@@ -69,6 +96,11 @@ pub struct ModelInfo {
 // === impl ModelInfo ===
 
 impl ModelInfo {
+    /// Whether the model scores pairs (a cross-encoder) rather than embedding texts.
+    pub fn is_reranker(&self) -> bool {
+        matches!(self.task, Task::Rerank { .. })
+    }
+
     /// Bytes of the ONNX file and its external data files (0 for a file that cannot be read).
     pub fn weight_bytes(&self) -> u64 {
         std::iter::once(&self.onnx_path)
@@ -107,6 +139,7 @@ impl ModelInfo {
             return Err(model_error(&tokenizer_path, "missing"));
         }
         let transformer = read_transformer_config(&dir)?;
+        let task = read_task(&dir)?;
         let (max_tokens, max_tokens_uncapped) = match config.max_seq_length {
             Some(n) => (n, None),
             None => match transformer.max_seq_length {
@@ -118,13 +151,16 @@ impl ModelInfo {
             Some(text) => {
                 Pooling::parse(text).ok_or_else(|| model_error(Path::new("[model] pooling"), &format!("unknown pooling {text:?}")))?
             }
+            // A cross-encoder's graph pools and scores itself; its inputs are padded on the right as BERT's are.
+            None if task != Task::Embed => Pooling::Cls,
             None => read_pooling(&dir)?,
         };
         let modules = read_modules(&dir)?;
-        let normalize = config.normalize.unwrap_or(modules.normalize);
-        let dim = match config.dimension {
-            Some(dim) => dim,
-            None => match &modules.head_dim {
+        let normalize = config.normalize.unwrap_or(modules.normalize) && task == Task::Embed;
+        let dim = match (task, config.dimension) {
+            (Task::Rerank { .. }, _) => 1,
+            (Task::Embed, Some(dim)) => dim,
+            (Task::Embed, None) => match &modules.head_dim {
                 Some(head_dim) => *head_dim,
                 None => read_dim(&dir)?,
             },
@@ -132,6 +168,7 @@ impl ModelInfo {
         let (prompts, default_prompt_name) = read_prompts(&dir)?;
         let name = config.display_name();
         Ok(ModelInfo {
+            task,
             name,
             dir,
             onnx_path,
@@ -197,6 +234,55 @@ pub(crate) fn model_error(file: &Path, message: &str) -> EngineError {
 fn read_json(path: &Path) -> Result<Value, EngineError> {
     let text = std::fs::read_to_string(path).map_err(|e| model_error(path, &e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| model_error(path, &format!("invalid JSON: {e}")))
+}
+
+/// A directory is a cross-encoder when `config.json` names a sequence-classification architecture (as
+/// `CrossEncoder.save` and every reranker repository write it); it must then have one label, and its activation
+/// comes from `config.json` `sentence_transformers.activation_fn` (sentence-transformers 3-5) or
+/// `config_sentence_transformers.json` `activation_fn`, sigmoid when neither names one.
+fn read_task(dir: &Path) -> Result<Task, EngineError> {
+    let path = dir.join("config.json");
+    let Some(config) = read_optional_json(&path)? else {
+        return Ok(Task::Embed);
+    };
+    let classifier = config.get("architectures").and_then(Value::as_array).is_some_and(|list| {
+        list.iter()
+            .filter_map(Value::as_str)
+            .any(|a| a.ends_with("ForSequenceClassification"))
+    });
+    if !classifier {
+        return Ok(Task::Embed);
+    }
+    let labels = match config.get("id2label").and_then(Value::as_object) {
+        Some(map) => map.len() as u64,
+        None => config.get("num_labels").and_then(Value::as_u64).unwrap_or(2),
+    };
+    if labels != 1 {
+        return Err(model_error(
+            &path,
+            &format!(
+                "is a sequence classifier with {labels} labels; akidbd serves cross-encoders with one label \
+                 (a relevance score) as rerankers"
+            ),
+        ));
+    }
+    let named = config
+        .pointer("/sentence_transformers/activation_fn")
+        .cloned()
+        .or(read_optional_json(&dir.join("config_sentence_transformers.json"))?.and_then(|c| c.get("activation_fn").cloned()));
+    let activation = match named.as_ref().and_then(Value::as_str) {
+        None => Activation::Sigmoid,
+        Some(name) if name.ends_with("Sigmoid") => Activation::Sigmoid,
+        Some(name) if name.ends_with("Identity") => Activation::Identity,
+        Some(name) if name.ends_with("Tanh") => Activation::Tanh,
+        Some(other) => {
+            return Err(model_error(
+                &path,
+                &format!("activation_fn {other} is not one akidbd applies (Sigmoid, Identity, Tanh)"),
+            ))
+        }
+    };
+    Ok(Task::Rerank { activation })
 }
 
 /// Where the ONNX file is: `file` inside `dir` when configured, else `model.onnx`, else `onnx/model.onnx`.

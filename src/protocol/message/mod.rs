@@ -114,6 +114,21 @@ pub struct RawRequest {
     /// embed: false bypasses the embedding cache (no lookup, nothing stored); default true.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<bool>,
+    /// rerank: the query the documents are scored against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// rerank: the candidates to score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<String>>,
+    /// rerank: another name for `documents` (TEI's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub texts: Option<Vec<String>>,
+    /// rerank: answer only the N best (default: all, best first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_n: Option<u64>,
+    /// rerank: the logits instead of the model's activation of them (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw_scores: Option<bool>,
 }
 
 /// A checked request.
@@ -136,6 +151,31 @@ pub enum Op {
     Info,
     /// Operator's view: devices, queues, counters, latency.
     Status,
+    /// Score documents against a query with a cross-encoder.
+    Rerank(RerankRequest),
+}
+
+/// A checked `rerank` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RerankRequest {
+    /// The query.
+    pub query: String,
+    /// The candidates (1..=max_inputs).
+    pub documents: Vec<String>,
+    /// Answer only the N best.
+    pub top_n: Option<usize>,
+    /// The logits instead of their activation.
+    pub raw_scores: bool,
+    /// Cut over-long pairs (longest first); false answers `input_too_long` instead.
+    pub truncate: bool,
+    /// Priority class.
+    pub priority: Priority,
+    /// Deadline after receipt, in ms.
+    pub deadline_ms: Option<u64>,
+    /// The model asked for by name (None: the daemon's first reranker).
+    pub model: Option<String>,
+    /// Whether the cache may answer (and store) the pairs' logits.
+    pub cache: bool,
 }
 
 /// A checked `embed` request.
@@ -245,6 +285,37 @@ pub struct EmbedReply {
     pub timing_us: Timing,
 }
 
+/// One scored document of a `rerank` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RerankResult {
+    /// The document's index in the request.
+    pub index: u64,
+    /// Its score: the model's activation of the logit (sigmoid for most rerankers), or the logit itself with
+    /// `raw_scores`.
+    pub score: f32,
+}
+
+/// Reply to `rerank`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankReply {
+    /// Protocol version.
+    pub v: u64,
+    /// The request's id.
+    pub id: u64,
+    /// Always true.
+    pub ok: bool,
+    /// Model name.
+    pub model: String,
+    /// The documents, best first (ties in request order), at most `top_n`.
+    pub results: Vec<RerankResult>,
+    /// Total tokens of the pairs after truncation.
+    pub tokens: u64,
+    /// Indices of documents whose pair was truncated.
+    pub truncated: Vec<u64>,
+    /// Where the time went.
+    pub timing_us: Timing,
+}
+
 /// Reply to `health`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HealthReply {
@@ -304,6 +375,9 @@ pub struct InfoReply {
 pub struct ModelDescription {
     /// The name requests give in `model`.
     pub name: String,
+    /// "embed" (an embedding model: `embed` requests) or "rerank" (a cross-encoder: `rerank` requests).
+    #[serde(default = "embed_task")]
+    pub task: String,
     /// Embedding dimension.
     pub dim: u64,
     /// Truncation length in tokens.
@@ -318,6 +392,10 @@ pub struct ModelDescription {
     /// The prompt applied when a request names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_prompt_name: Option<String>,
+}
+
+fn embed_task() -> String {
+    "embed".to_owned()
 }
 
 /// Reply to `status`.
@@ -782,12 +860,13 @@ fn check_request(raw: RawRequest, max_inputs: usize) -> Result<Request, RequestE
         "health" => Op::Health,
         "info" => Op::Info,
         "status" => Op::Status,
+        "rerank" => Op::Rerank(check_rerank(id, raw, max_inputs)?),
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(RequestError::new(
                 id,
                 ErrorCode::UnknownOp,
-                format!("unknown op {shown:?} (known: embed, health, info, status)"),
+                format!("unknown op {shown:?} (known: embed, rerank, health, info, status)"),
             ));
         }
     };
@@ -823,6 +902,45 @@ fn check_embed(id: u64, raw: RawRequest, max_inputs: usize) -> Result<EmbedReque
         encoding: raw.encoding.unwrap_or_default(),
         prompt_name: raw.prompt_name,
         prompt: raw.prompt,
+        model: raw.model,
+        cache: raw.cache.unwrap_or(true),
+    })
+}
+
+fn check_rerank(id: u64, raw: RawRequest, max_inputs: usize) -> Result<RerankRequest, RequestError> {
+    let invalid = |message: &str| RequestError::new(id, ErrorCode::InvalidRequest, message);
+    let query = raw.query.ok_or_else(|| invalid("rerank needs a query"))?;
+    let documents = match (raw.documents, raw.texts) {
+        (Some(_), Some(_)) => return Err(invalid("documents and texts are the same field: send one")),
+        (Some(list), None) | (None, Some(list)) => list,
+        (None, None) => return Err(invalid("rerank needs documents (or texts)")),
+    };
+    if documents.is_empty() {
+        return Err(invalid("documents is empty"));
+    }
+    if documents.len() > max_inputs {
+        return Err(RequestError::new(
+            id,
+            ErrorCode::TooManyInputs,
+            format!("{} documents, at most {max_inputs} per request", documents.len()),
+        ));
+    }
+    if raw.inputs.is_some() || raw.prompt.is_some() || raw.prompt_name.is_some() || raw.dimensions.is_some() {
+        return Err(invalid("rerank takes no inputs, prompt, prompt_name or dimensions"));
+    }
+    let top_n = match raw.top_n {
+        Some(0) => return Err(invalid("top_n must be at least 1")),
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    Ok(RerankRequest {
+        query,
+        documents,
+        top_n,
+        raw_scores: raw.raw_scores.unwrap_or(false),
+        truncate: raw.truncate.unwrap_or(true),
+        priority: raw.priority.unwrap_or_default(),
+        deadline_ms: raw.deadline_ms,
         model: raw.model,
         cache: raw.cache.unwrap_or(true),
     })

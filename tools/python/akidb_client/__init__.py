@@ -107,6 +107,23 @@ def embed_request(texts: Sequence[str], **options: Any) -> Dict[str, Any]:
     return request
 
 
+def rerank_request(query: str, documents: Sequence[str], **options: Any) -> Dict[str, Any]:
+    """The body of a ``rerank`` request (without ``v`` and ``id``); options that are None are left out."""
+    if not isinstance(query, str):
+        raise TypeError(f"query is a {type(query).__name__}, not a string")
+    if isinstance(documents, (str, bytes)):
+        raise TypeError("documents must be a sequence of strings, not a single string")
+    docs = list(documents)
+    for index, text in enumerate(docs):
+        if not isinstance(text, str):
+            raise TypeError(f"documents[{index}] is a {type(text).__name__}, not a string")
+    request: Dict[str, Any] = {"op": "rerank", "query": query, "documents": docs}
+    for key, value in options.items():
+        if value is not None:
+            request[key] = value
+    return request
+
+
 def encode_frame(request_id: int, request: Dict[str, Any]) -> bytes:
     """One frame: the u32 big-endian length, then the MessagePack body."""
     body = msgpack.packb({"v": PROTOCOL_VERSION, "id": request_id, **request}, use_bin_type=True)
@@ -287,6 +304,35 @@ class Client:
         return self.result(self.submit(texts, normalize=normalize, truncate=truncate, dimensions=dimensions,
                                        priority=priority, deadline_ms=deadline_ms, encoding=encoding,
                                        prompt_name=prompt_name, prompt=prompt, model=model, cache=cache))
+
+    def rerank_reply(self, query: str, documents: Sequence[str], *, top_n: Optional[int] = None,
+                     raw_scores: Optional[bool] = None, truncate: Optional[bool] = None,
+                     priority: Optional[str] = None, deadline_ms: Optional[int] = None,
+                     model: Optional[str] = None, cache: Optional[bool] = None) -> Dict[str, Any]:
+        """The whole ``rerank`` reply: ``results`` (a list of ``{"index", "score"}``, best first), ``model``,
+        ``tokens``, ``truncated`` and ``timing_us``."""
+        return self._wait(self._send(rerank_request(query, documents, top_n=top_n, raw_scores=raw_scores,
+                                                    truncate=truncate, priority=priority, deadline_ms=deadline_ms,
+                                                    model=model, cache=cache)))
+
+    def rerank(self, query: str, documents: Sequence[str], *, top_n: Optional[int] = None,
+               raw_scores: Optional[bool] = None, truncate: Optional[bool] = None, priority: Optional[str] = None,
+               deadline_ms: Optional[int] = None, model: Optional[str] = None,
+               cache: Optional[bool] = None) -> List[Dict[str, Any]]:
+        """Scores ``documents`` against ``query`` with a reranker (a cross-encoder served by the daemon); returns
+        ``[{"index": i, "score": s}, ...]`` best first, as sentence-transformers' ``CrossEncoder.rank`` orders them.
+
+        - ``top_n``: only the N best (default: all).
+        - ``raw_scores``: the logits instead of the model's activation of them (sigmoid for most rerankers).
+        - ``truncate``: cut over-long pairs, longest first (default True); False makes one ``input_too_long``.
+        - ``priority``, ``deadline_ms``, ``cache``: as for :meth:`embed`.
+        - ``model``: the reranker, by name (default: the first reranker the daemon serves).
+
+        Raises :class:`AkidbError` on an error reply (``invalid_request`` for an embedding model).
+        """
+        reply = self.rerank_reply(query, documents, top_n=top_n, raw_scores=raw_scores, truncate=truncate,
+                                  priority=priority, deadline_ms=deadline_ms, model=model, cache=cache)
+        return [{"index": int(r["index"]), "score": float(r["score"])} for r in reply["results"]]
 
     def health(self) -> str:
         """``"starting"``, ``"ready"``, ``"degraded"`` or ``"stopping"``."""

@@ -17,7 +17,7 @@ reply, which a single reader task hands over by request id (replies arrive in co
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import msgpack
 
@@ -30,6 +30,7 @@ from . import (
     embed_request,
     encode_frame,
     reply_error,
+    rerank_request,
 )
 
 __all__ = ["AsyncClient"]
@@ -151,6 +152,15 @@ class AsyncClient:
         """Embeds ``texts``; options and result as :meth:`akidb_client.Client.embed`. Raises
         :class:`akidb_client.AkidbError` on an error reply."""
         return (await self.embed_reply(texts, **options))["embeddings"]
+
+    async def rerank_reply(self, query: str, documents: Sequence[str], **options: Any) -> Dict[str, Any]:
+        """The whole ``rerank`` reply (``results``, ``model``, ``tokens``, ``truncated``, ``timing_us``)."""
+        return await self._call(rerank_request(query, documents, **options))
+
+    async def rerank(self, query: str, documents: Sequence[str], **options: Any) -> List[Dict[str, Any]]:
+        """Scores ``documents`` against ``query``; options and result as :meth:`akidb_client.Client.rerank`."""
+        reply = await self.rerank_reply(query, documents, **options)
+        return [{"index": int(r["index"]), "score": float(r["score"])} for r in reply["results"]]
 
     async def health(self) -> str:
         """``"starting"``, ``"ready"``, ``"degraded"`` or ``"stopping"``."""

@@ -117,7 +117,7 @@ async fn a_reranker_beside_an_embedding_model_scores_as_sentence_transformers() 
         }
     }
     eprintln!("rerank: worst |score - sentence-transformers| {worst:.2e}");
-    assert!(worst < 1e-4, "{worst}");
+    assert!(worst <= 1e-5, "{worst}");
 
     // The same pairs again are answered from the cache.
     let case = &cases()[0];
@@ -266,7 +266,7 @@ fn http_rerank_in_tei_and_cohere_shapes() {
     let order: Vec<u64> = tei.as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
     assert_eq!(order, case.rank);
     let best = &tei[0];
-    assert!((best["score"].as_f64().unwrap() - case.scores[case.rank[0] as usize]).abs() < 1e-4);
+    assert!((best["score"].as_f64().unwrap() - case.scores[case.rank[0] as usize]).abs() <= 1e-5);
     assert_eq!(best["text"], case.documents[case.rank[0] as usize]);
     // TEI does not truncate unless asked: the long pairs are refused, with the input named.
     let (status, refused) = post("/rerank", serde_json::json!({"query": case.query, "texts": case.documents}));
@@ -300,7 +300,7 @@ fn http_rerank_in_tei_and_cohere_shapes() {
         results.iter().map(|r| r["index"].as_u64().unwrap()).collect::<Vec<_>>(),
         case.rank[..3]
     );
-    assert!((results[0]["relevance_score"].as_f64().unwrap() - case.scores[case.rank[0] as usize]).abs() < 1e-4);
+    assert!((results[0]["relevance_score"].as_f64().unwrap() - case.scores[case.rank[0] as usize]).abs() <= 1e-5);
     assert_eq!(results[0]["document"]["text"], case.documents[case.rank[0] as usize]);
     assert_eq!(cohere["model"], "reranker");
     // The other task and an unknown model keep their codes.

@@ -63,9 +63,10 @@ setup_python() {
     "$py" -m venv "$PY_ENV" || { echo "setup: cannot create $PY_ENV (python3 -m venv)" >&2; return 0; }
   fi
   # openai and prometheus-client: the third-party clients the HTTP surface is tested with (tests/it/http.rs);
-  # onnx: builds the default model's fp32 graph (tools/default-model/build.py).
+  # onnx: builds the default model's fp32 graph (tools/default-model/build.py); onnxruntime and tokenizers:
+  # tools/quantize.py, which the quantized-model tests run (tests/it/quantized.rs).
   "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check msgpack==1.2.4 numpy==2.3.5 \
-      openai==3.57.0 prometheus-client==0.26.0 onnx==1.23.2 \
+      openai==3.57.0 prometheus-client==0.26.0 onnx==1.23.2 onnx-ir==1.1.0 onnxruntime==1.32.0 tokenizers==0.23.3 \
     && "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./tools/python \
     && echo "$stamp" > "$PY_ENV/.stamp" && echo "setup: akidb-client (tools/python), msgpack, numpy, openai -> $PY_ENV" \
     || echo "setup: could not install the Python client into $PY_ENV; its test will say so" >&2

@@ -504,6 +504,7 @@ mod tests {
             graph_inputs: Vec::new(),
             weights_precision: None,
             attention: Default::default(),
+            quantization: None,
             tokenizer_path: dir.join("tokenizer.json"),
             max_tokens: 16,
             max_tokens_uncapped: None,

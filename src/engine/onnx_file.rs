@@ -31,6 +31,8 @@ pub struct OnnxFile {
     pub weights: Option<&'static str>,
     /// How the graph computes attention, as far as its top-level node types tell.
     pub attention: Attention,
+    /// How its weights are quantized, in words (e.g. "int4 weights, block 32, int8 compute"), when they are.
+    pub quantization: Option<String>,
 }
 
 /// How a graph computes attention.
@@ -46,6 +48,14 @@ pub enum Attention {
     /// tensors are alive at once (on a 0.6B decoder, a 3,027-token input needed 2.3 GB above its weights).
     SpelledOut,
 }
+
+/// Node types of a dynamically quantized int8 graph (onnxruntime.quantization's `quantize_dynamic`).
+const DYNAMIC_INT8_OPERATORS: [&str; 4] = [
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+];
 
 /// Node types that compute attention in one operator.
 const ATTENTION_OPERATORS: [&str; 5] = [
@@ -66,6 +76,7 @@ pub fn read(onnx: &Path) -> Result<OnnxFile, EngineError> {
     if walk(&mut reader, len, Message::Model, &mut found).is_err() {
         return Ok(OnnxFile::default());
     }
+    let quantization = found.quantization();
     let weights = found
         .weight_types
         .iter()
@@ -103,6 +114,7 @@ pub fn read(onnx: &Path) -> Result<OnnxFile, EngineError> {
         inputs,
         weights,
         attention,
+        quantization,
     })
 }
 
@@ -117,6 +129,59 @@ struct Found {
     /// A node of one of [`ATTENTION_OPERATORS`] / a Softmax node was seen.
     attention_operator: bool,
     softmax: bool,
+    /// The node being walked: its op type, and the name of the attribute being read.
+    node_op: String,
+    attribute_name: String,
+    /// The attributes of the current `MatMulNBits` node read so far: bits, block_size, accuracy_level.
+    nbits_attributes: [Option<u64>; 3],
+    /// `MatMulNBits` nodes by (bits, block size, accuracy level).
+    matmul_nbits: std::collections::BTreeMap<(u64, u64, u64), usize>,
+    /// Nodes of dynamic int8 quantization (DynamicQuantizeLinear, MatMulInteger, DynamicQuantizeMatMul, ...).
+    dynamic_int8: usize,
+    /// DequantizeLinear nodes (a QDQ graph).
+    dequantize: usize,
+}
+
+/// Default attributes of `MatMulNBits` (ONNX Runtime's contrib operator): 4 bits, accuracy level 0 (unset).
+const NBITS_DEFAULTS: [u64; 3] = [4, 0, 0];
+
+impl Found {
+    /// Ends a node: a `MatMulNBits` node is counted with its attributes.
+    fn end_node(&mut self) {
+        if self.node_op == "MatMulNBits" {
+            let [bits, block, level] = std::array::from_fn(|i| self.nbits_attributes[i].unwrap_or(NBITS_DEFAULTS[i]));
+            *self.matmul_nbits.entry((bits, block, level)).or_default() += 1;
+        }
+        self.node_op.clear();
+        self.nbits_attributes = [None; 3];
+    }
+
+    /// The graph's quantization in words, from the node types it uses.
+    fn quantization(&self) -> Option<String> {
+        if let Some((&(bits, block, level), _)) = self.matmul_nbits.iter().max_by_key(|(_, &count)| count) {
+            // MatMulNBits' accuracy_level: the least precise type activations may be computed in.
+            let compute = match level {
+                1 => "fp32 compute",
+                2 => "fp16 compute",
+                3 => "bf16 compute",
+                4 => "int8 compute",
+                _ => "compute as the provider chooses",
+            };
+            let kinds = if self.matmul_nbits.len() > 1 {
+                " (and other blockings)"
+            } else {
+                ""
+            };
+            return Some(format!("int{bits} weights, block {block}, {compute}{kinds}"));
+        }
+        if self.dynamic_int8 > 0 {
+            return Some("int8 weights, int8 activations quantized per tensor at run time (dynamic)".to_owned());
+        }
+        if self.dequantize > 0 {
+            return Some("QDQ: quantized tensors dequantized in the graph".to_owned());
+        }
+        None
+    }
 }
 
 /// ONNX `TensorProto.DataType` values that say what precision weights are stored in.
@@ -186,6 +251,16 @@ fn walk<R: Read + Seek>(reader: &mut R, len: u64, message: Message, out: &mut Fo
                 if let (Message::Initializer, 2) = (message, field) {
                     *out.weight_types.entry(value).or_default() += 1;
                 }
+                if let (Message::Attribute, 3) = (message, field) {
+                    if out.node_op == "MatMulNBits" {
+                        let slot = ["bits", "block_size", "accuracy_level"]
+                            .iter()
+                            .position(|n| *n == out.attribute_name);
+                        if let Some(slot) = slot {
+                            out.nbits_attributes[slot] = Some(value);
+                        }
+                    }
+                }
                 len
             }
             1 => skip(reader, 8)?,
@@ -206,6 +281,14 @@ fn walk<R: Read + Seek>(reader: &mut R, len: u64, message: Message, out: &mut Fo
                     let op_type = read_string(reader, size)?;
                     out.softmax |= op_type == "Softmax";
                     out.attention_operator |= ATTENTION_OPERATORS.contains(&op_type.as_str());
+                    out.dynamic_int8 += usize::from(DYNAMIC_INT8_OPERATORS.contains(&op_type.as_str()));
+                    out.dequantize += usize::from(op_type == "DequantizeLinear");
+                    out.node_op = op_type;
+                } else if let (Message::Attribute, 1) = (message, field) {
+                    out.attribute_name = read_string(reader, size)?;
+                } else if let (Message::Graph | Message::TopGraph, 1) = (message, field) {
+                    walk(reader, size, Message::Node, out)?;
+                    out.end_node();
                 } else if let (Message::Tensor | Message::Initializer, 8) = (message, field) {
                     // Only a top-level initializer's name matters, but any tensor name is harmless to keep.
                     out.initializers.push(read_string(reader, size)?);

@@ -27,7 +27,7 @@ pub struct OrtEngine {
     model: ModelInfo,
     tokenizer: SharedTokenizer,
     active_ep: EpKind,
-    precision: &'static str,
+    precision: String,
     /// A TensorRT engine built into a staging directory, to move into place once the device is warm.
     pending_cache: Option<(PathBuf, PathBuf)>,
     /// The options every run goes with; their terminate flag stops a run from another thread.
@@ -300,14 +300,15 @@ impl OrtEngine {
 }
 
 /// The precision a session computes in: on TensorRT, what its builder flags (and an FP8 Q/DQ graph) make it;
-/// elsewhere, the element type most of the graph's weights are stored in.
-fn precision(model: &ModelInfo, ep: EpKind, device: &DeviceConfig) -> &'static str {
+/// elsewhere, the graph's quantization in words when it has one (e.g. "int4 weights, block 32, int8 compute"),
+/// else the element type most of its weights are stored in.
+fn precision(model: &ModelInfo, ep: EpKind, device: &DeviceConfig) -> String {
     let weights = model.weights_precision.unwrap_or("fp32");
     match ep {
-        EpKind::Tensorrt if device.tensorrt.int8 => "int8",
-        EpKind::Tensorrt if weights == "fp8" => "fp8",
-        EpKind::Tensorrt if device.tensorrt.fp16 => "fp16",
-        _ => weights,
+        EpKind::Tensorrt if device.tensorrt.int8 => "int8".into(),
+        EpKind::Tensorrt if weights == "fp8" => "fp8".into(),
+        EpKind::Tensorrt if device.tensorrt.fp16 => "fp16".into(),
+        _ => model.quantization.clone().unwrap_or_else(|| weights.into()),
     }
 }
 
@@ -455,7 +456,7 @@ impl Embedder for OrtEngine {
     }
 
     fn precision(&self) -> &str {
-        self.precision
+        &self.precision
     }
 
     fn run_stopper(&self) -> Option<crate::engine::RunStopper> {
@@ -659,14 +660,47 @@ fn build_with(
         builder = builder.with_disable_cpu_fallback().map_err(provider)?;
     }
     builder.commit_from_file(&model.onnx_path).map_err(|e| {
-        // With only the CPU provider left, a failure to build is the model's fault; a GPU provider may also fail
-        // here (its library or device missing), and then the next provider is worth trying.
-        if kind == EpKind::Cpu {
-            BuildError::Model(format!("ONNX Runtime cannot load it: {e}"))
+        // An operator the library lacks fails on every provider. Otherwise, with only the CPU provider left, a
+        // failure to build is the model's fault; a GPU provider may also fail here (its library or device
+        // missing), and then the next provider is worth trying.
+        let message = e.to_string();
+        if let Some(missing) = missing_operator(&message) {
+            BuildError::Model(missing)
+        } else if kind == EpKind::Cpu {
+            BuildError::Model(format!("ONNX Runtime cannot load it: {message}"))
         } else {
-            BuildError::Provider(e.to_string())
+            BuildError::Provider(message)
         }
     })
+}
+
+/// ONNX Runtime's refusal of an operator it does not implement, said plainly: which operator, in which domain and
+/// opset, and which library was asked. None for any other failure.
+fn missing_operator(message: &str) -> Option<String> {
+    let between = |start: &str, end: &str| -> Option<String> {
+        let from = message.find(start)? + start.len();
+        let to = from + message[from..].find(end)?;
+        Some(message[from..to].to_owned())
+    };
+    // "Fatal error: com.microsoft:MatMulNBits(-1) is not a registered function/op" (an operator this build
+    // does not know), "No Op registered for X with domain_version of N" (an ONNX operator newer than the build),
+    // "Could not find an implementation for X(N) node with name 'y'" (known, but no kernel in this build).
+    let operator = between("Fatal error: ", " is not a registered function/op")
+        .or_else(|| {
+            let op = between("No Op registered for ", " with domain_version of ")?;
+            let version: String = message[message.find("domain_version of ")? + 18..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            Some(format!("{op} (opset {version})"))
+        })
+        .or_else(|| between("Could not find an implementation for ", " node with name"))?;
+    Some(format!(
+        "needs the operator {operator}, which the loaded ONNX Runtime {} does not implement; point ort.library_path \
+         at an ONNX Runtime that has it (a newer release, or a build with its contrib operators), or choose a file \
+         without it (model.file) [ONNX Runtime said: {message}]",
+        crate::engine::ort_version()
+    ))
 }
 
 /// The cache directory and profile of this model on this device (see `trt_cache` for what keys it).

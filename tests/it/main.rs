@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod models;
 mod python;
+mod quantized;
 mod rerank;
 mod systemd;
 mod tensorrt;

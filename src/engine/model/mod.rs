@@ -70,6 +70,8 @@ pub struct ModelInfo {
     pub weights_precision: Option<&'static str>,
     /// How the graph computes attention (one operator per layer, or spelled out).
     pub attention: Attention,
+    /// How its weights are quantized, in words (e.g. "int4 weights, block 32, int8 compute"), when they are.
+    pub quantization: Option<String>,
     /// The tokenizer file.
     pub tokenizer_path: PathBuf,
     /// Truncation length in tokens, special tokens and prompt included.
@@ -176,6 +178,7 @@ impl ModelInfo {
             graph_inputs: graph.inputs,
             weights_precision: graph.weights,
             attention: graph.attention,
+            quantization: graph.quantization,
             tokenizer_path,
             max_tokens,
             max_tokens_uncapped,

@@ -87,6 +87,10 @@ def parse_args():
     parser.add_argument("--file", default=None, help="the source graph inside MODEL_DIR (default model.onnx)")
     parser.add_argument("--out", default=None, help="the quantized file's name inside MODEL_DIR")
     parser.add_argument("--no-report", action="store_true", help="only write the quantized file")
+    parser.add_argument("--references", metavar="JSONL",
+                        help="also the min cosine to reference vectors (lines with text and embedding, e.g. "
+                             "sentence-transformers' of the source model), one text at a time")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds per load (default 3)")
     return parser.parse_args()
 
 
@@ -160,6 +164,49 @@ class Model:
         return value.reshape(-1), len(encoding.ids)
 
 
+def batch_run(session, model, texts):
+    """One padded batch of plain texts (right padding), as an encoder is served; returns seconds."""
+    encodings = [model.tokenizer.encode(t) for t in texts]
+    width = max(len(e.ids) for e in encodings)
+    ids = np.zeros((len(texts), width), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, e in enumerate(encodings):
+        ids[row, :len(e.ids)] = e.ids
+        mask[row, :len(e.ids)] = 1
+    names = {i.name for i in session.get_inputs()}
+    feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
+             "position_ids": np.tile(np.arange(width, dtype=np.int64), (len(texts), 1))}
+    started = time.perf_counter()
+    session.run(None, {k: v for k, v in feeds.items() if k in names})
+    return time.perf_counter() - started
+
+
+def loads_speed(model, sessions, rounds):
+    """Texts per second of both files on three loads, the files alternating load by load, round by round:
+    short (one short command at a time), mixed (batches of 32 short and long texts), long (batches of 8 passages)."""
+    mixed = (SHORT + PASSAGES + QUERIES)[:32]
+    loads = {"short_b1": [[t] for t in SHORT], "mixed_b32": [mixed], "long_b8": [PASSAGES[:8]]}
+    totals = {name: [0.0, 0.0] for name in loads}
+    counts = {name: sum(len(b) for b in batches) * rounds for name, batches in loads.items()}
+    for _ in range(rounds):
+        for name, batches in loads.items():
+            for i, session in enumerate(sessions):
+                totals[name][i] += sum(batch_run(session, model, batch) for batch in batches)
+    return {name: {"source_per_s": counts[name] / t[0], "quantized_per_s": counts[name] / t[1], "speedup": t[0] / t[1]}
+            for name, t in totals.items()}
+
+
+def reference_cosines(model, session, path):
+    """Min and mean cosine of the quantized file's vectors to reference vectors, one text at a time."""
+    scores = []
+    for line in open(path):
+        case = json.loads(line)
+        vector, _ = model.run(session, case["text"])
+        want = np.asarray(case["embedding"], dtype=np.float64)
+        scores.append(float(vector @ want / (np.linalg.norm(vector) * np.linalg.norm(want))))
+    return {"file": str(path), "texts": len(scores), "min": min(scores), "mean": float(np.mean(scores))}
+
+
 def report(model, source, target, summary, args):
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -189,6 +236,11 @@ def report(model, source, target, summary, args):
         by_kind[kind] = {"texts": len(scores), "tokens": [min(tokens), max(tokens)], "min": min(scores), "mean": float(np.mean(scores))}
     worst = sorted(rows, key=lambda r: r[3])[:5]
     metric = "1 - |logit difference|" if model.reranker else "cosine"
+    extra = {}
+    if not model.reranker:
+        extra["loads"] = loads_speed(model, sessions, args.rounds)
+        if args.references:
+            extra["to_references"] = reference_cosines(model, sessions[1], args.references)
     return {
         "model_dir": str(model.dir),
         "source": source.name,
@@ -212,6 +264,7 @@ def report(model, source, target, summary, args):
             "quantized_ms_per_text": times[1] * 1e3 / len(rows),
             "speedup": times[0] / times[1],
         },
+        **extra,
     }
 
 

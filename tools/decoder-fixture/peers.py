@@ -78,7 +78,7 @@ def max_tokens(model_dir):
 def ort_embedder(model_dir, profile_prefix=None):
     """The model in this process with onnxruntime's defaults: embed(texts) -> unit vectors (left padding,
     last-token pooling, as akidbd serves a decoder); embed.session is the session. With profile_prefix, ORT's
-    profiler records every run (profile.py)."""
+    profiler records every run (op_profile.py)."""
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer

@@ -11,6 +11,10 @@
 #   int8-dynamic-mm  MatMuls only, per channel, the feed-forward output MatMuls (the outlier-heavy ones) kept fp32
 #   int8-per-token   every MatMul integer, activations quantized per token (not per batch), smoothed
 #                    (tools/default-model/per_token_int8.py)
+#   q8-b32, q8-b128, q4-b32, q4-b128  block-wise weights (onnxruntime's MatMulNBits, tools/quantize.py): 8 or 4
+#                    bits, a scale per block of 32 or 128 weights, int8 compute (accuracy level 4: activations
+#                    quantized per row and block, so a vector does not depend on its batch)
+#   q8-b32-fp32-compute  q8-b32 with accuracy level 1 (weights dequantized, fp32 compute)
 # The default itself (models/all-MiniLM-L6-v2: the fp32 weights restored) is measured from its own directory.
 # Needs `make setup` first (its inputs stay in target/setup/); installs the onnxruntime Python package (the wheel
 # setup already downloaded) into target/pyenv for the quantizer. PyPI only, like setup.
@@ -57,4 +61,17 @@ quantize_dynamic(src, matmuls, weight_type=QuantType.QInt8, per_channel=True, op
 print(f"options: dynamic int8 -> {per_tensor}, {per_channel}, {matmuls} ({len(ffn_out)} MatMuls kept fp32)")
 PY
 "$PY" tools/default-model/per_token_int8.py "$DEFAULT" "$(option_dir int8-per-token)/model.onnx"
+blockwise() { # name bits block accuracy-level
+  local dir
+  dir=$(option_dir "$1")
+  cp "$DEFAULT/model.onnx" "$dir/source.onnx"
+  "$PY" tools/quantize.py "$dir" --file source.onnx --bits "$2" --block "$3" --accuracy-level "$4" --out model.onnx \
+    --no-report
+  rm "$dir/source.onnx"
+}
+blockwise q8-b32 8 32 4
+blockwise q8-b128 8 128 4
+blockwise q4-b32 4 32 4
+blockwise q4-b128 4 128 4
+blockwise q8-b32-fp32-compute 8 32 1
 ls -1 "$OUT"

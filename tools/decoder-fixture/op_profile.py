@@ -1,6 +1,6 @@
 """Where one run of the model spends its time in onnxruntime, per operator type (ORT's own profiler).
 
-    /work/venv-torch/bin/python tools/decoder-fixture/profile.py MODEL_DIR [--batch 1] [--long] [--runs 6]
+    /work/venv-torch/bin/python tools/decoder-fixture/op_profile.py MODEL_DIR [--batch 1] [--long] [--runs 6]
 
 Runs the model in this process with onnxruntime's defaults (as peers.ort_embedder feeds it) on short sentences (or
 ~180-token passages with --long), `--runs` times after one untimed run, and prints the mean run time, the sum of

@@ -113,18 +113,7 @@ impl TextTokenizer {
             }
             None => tokenize(text)?,
         };
-        let truncated = !encoding.get_overflowing().is_empty();
-        if truncated && !truncate {
-            return Err(EngineError::InputTooLong {
-                index: 0,
-                max_tokens: self.max_tokens,
-            });
-        }
-        Ok(Encoded {
-            ids: encoding.get_ids().iter().map(|&id| i64::from(id)).collect(),
-            type_ids: encoding.get_type_ids().iter().map(|&id| i64::from(id)).collect(),
-            truncated,
-        })
+        self.encoded(&encoding, truncate)
     }
 
     /// Tokenizes one (query, document) pair as a cross-encoder reads it: the tokenizer's pair template (`[CLS] q
@@ -148,6 +137,12 @@ impl TextTokenizer {
             Some(cut) if self.overflows(&document[..cut])? => tokenize(&document[..cut])?,
             _ => tokenize(&document)?,
         };
+        self.encoded(&encoding, truncate)
+    }
+
+    /// A tokenizer's encoding as the engine feeds it; an over-long one is [`EngineError::InputTooLong`] unless
+    /// `truncate`.
+    fn encoded(&self, encoding: &tokenizers::Encoding, truncate: bool) -> Result<Encoded, EngineError> {
         let truncated = !encoding.get_overflowing().is_empty();
         if truncated && !truncate {
             return Err(EngineError::InputTooLong {

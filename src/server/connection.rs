@@ -24,7 +24,7 @@ use crate::protocol::message::{
     decode_request, encode, pack_f32, EmbedReply, EmbedRequest, Embeddings, Encoding, ErrorReply, HealthReply, InfoReply, ModelDescription,
     Op, Request, StatusReply, Timing,
 };
-use crate::protocol::{read_frame, ErrorCode, FrameError, PROTOCOL_VERSION};
+use crate::protocol::{read_frame, ErrorCode, FrameError, Priority, PROTOCOL_VERSION};
 
 /// How long the writer may take to hand one reply to a client that reads slowly before the connection is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -258,14 +258,19 @@ pub(crate) async fn serve_embed(handle: &DaemonHandle, embed: EmbedRequest, rece
 /// (`shutting_down`), or refused by [`DaemonHandle::refusal`]. A refusal is recorded in the status figures here,
 /// for every transport.
 pub(crate) fn refusal(handle: &DaemonHandle, embed: &EmbedRequest, received: Instant) -> Option<ServeError> {
+    refusal_of(handle, embed.priority, deadline(embed, received), received)
+}
+
+/// [`refusal`] for any request of this class and deadline (embed and rerank alike).
+pub(crate) fn refusal_of(handle: &DaemonHandle, priority: Priority, deadline: Option<Instant>, received: Instant) -> Option<ServeError> {
     let err = if handle.state.phase() == Phase::Stopping {
         ServeError::ShuttingDown
     } else {
-        handle.refusal(embed.priority, deadline(embed, received))?
+        handle.refusal(priority, deadline)?
     };
     handle
         .state
-        .record_reply(Some((embed.priority, 0)), received.elapsed(), 0, 0, Some(error_code(&err)));
+        .record_reply(Some((priority, 0)), received.elapsed(), 0, 0, Some(error_code(&err)));
     Some(err)
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::connection::error_code;
-use crate::actors::{DaemonHandle, EmbedJob, Phase, ServeError};
+use super::connection::{self, error_code};
+use crate::actors::{DaemonHandle, EmbedJob, ServeError};
 use crate::engine::{EmbedOptions, Task};
 use crate::protocol::message::{RerankReply, RerankRequest, RerankResult, Timing};
 use crate::protocol::PROTOCOL_VERSION;
@@ -31,15 +31,7 @@ pub(crate) struct Reranked {
 /// A rerank request refused before any work is done on it (stopping, starting, or a deadline the queue ahead
 /// makes impossible), recorded in the status figures.
 pub(crate) fn refusal(handle: &DaemonHandle, rerank: &RerankRequest, received: Instant) -> Option<ServeError> {
-    let err = if handle.state.phase() == Phase::Stopping {
-        ServeError::ShuttingDown
-    } else {
-        handle.refusal(rerank.priority, deadline(rerank, received))?
-    };
-    handle
-        .state
-        .record_reply(Some((rerank.priority, 0)), received.elapsed(), 0, 0, Some(error_code(&err)));
-    Some(err)
+    connection::refusal_of(handle, rerank.priority, deadline(rerank, received), received)
 }
 
 /// Serves one rerank request through the actors and records its outcome. The caller has already checked

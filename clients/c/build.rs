@@ -4,6 +4,8 @@
 fn main() {
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let out_dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    // The ABI's soname: bumped when the C ABI breaks (docs/C-CLIENT.md), installed with a symlink to it.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libakidb_client.so.0");
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     let config = cbindgen::Config::from_file(format!("{crate_dir}/cbindgen.toml")).expect("cbindgen.toml");

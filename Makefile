@@ -16,13 +16,14 @@ build: setup
 run: build
 	$(CARGO) run --release --bin akidbd -- --config $(CONFIG)
 
+# --workspace: the C client's crate (clients/c) too. tests/it/cclient.rs builds it and compiles its C and C++ tests.
 test: setup
-	$(CARGO) test $(TEST_FEATURES) --all-targets 2>&1 | tee target/test.log; test $${PIPESTATUS[0]} -eq 0
+	$(CARGO) test $(TEST_FEATURES) --workspace --all-targets 2>&1 | tee target/test.log; test $${PIPESTATUS[0]} -eq 0
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test.log
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy $(TEST_FEATURES) --all-targets -- -D warnings
+	$(CARGO) clippy $(TEST_FEATURES) --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

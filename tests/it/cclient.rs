@@ -255,14 +255,18 @@ fn programs() -> &'static Programs {
 
 fn build_programs() -> Programs {
     let repo = util::repo();
+    // The library of the profile these tests were built with (a release run measures the release library).
+    let profile_dir = Path::new(env!("CARGO_BIN_EXE_akidbd")).parent().unwrap().to_owned();
+    let release = profile_dir.ends_with("release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let built = Command::new(cargo)
         .args(["build", "-p", "akidb-client-c"])
+        .args(release.then_some("--release"))
         .current_dir(&repo)
         .status()
         .unwrap();
     assert!(built.success(), "cargo build -p akidb-client-c failed");
-    let library = repo.join("target/debug/libakidb_client.so");
+    let library = profile_dir.join("libakidb_client.so");
     assert!(library.is_file());
     let out = repo.join("target/cclient-tests");
     // The programs link by the library's soname, which cargo's output directory lacks: name it in a folder of ours.

@@ -101,7 +101,10 @@ fn a_daemon_restart_is_reported_then_survived() {
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{}: {stdout}\n{stderr}", output.status);
-    assert!(stdout.contains("cpp restart:") && stdout.contains(" 0 failed"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("cpp restart:") && stdout.contains(" 0 failed"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 /// `make install-client` as a user runs it (the debug build, to spare a release build here), then the example
@@ -191,30 +194,60 @@ fn latency_figure() {
     let daemon = Daemon::start("");
     let n_requests = 500;
     let text = "Move the arm to the home position.";
+    let texts = daemon.dir.path().join("one.txt");
+    std::fs::write(&texts, format!("{text}\n")).unwrap();
     let mut rows = Vec::new();
-    for round in 0..3 {
-        let cpp = run(Command::new(&programs.cpp_bench)
-            .arg("bench")
-            .arg(&daemon.socket)
-            .arg(n_requests.to_string()));
-        let cpp: serde_json::Value = serde_json::from_slice(&cpp.stdout).unwrap();
-        let rust = rust_latency(&daemon, text, n_requests);
-        let texts = daemon.dir.path().join("one.txt");
-        std::fs::write(&texts, format!("{text}\n")).unwrap();
-        let akictl = run(Command::new(env!("CARGO_BIN_EXE_akictl"))
-            .arg("--socket")
-            .arg(&daemon.socket)
-            .args(["bench", "--connections", "1", "--requests"])
-            .arg(n_requests.to_string())
-            .arg("--texts")
-            .arg(&texts)
-            .args(["--cache", "--json"]));
-        let akictl: serde_json::Value = serde_json::from_slice(&akictl.stdout).unwrap();
-        let row = serde_json::json!({"round": round, "cpp": cpp, "rust": rust, "akictl": akictl});
-        util::say(&row.to_string());
-        rows.push(row);
+    for cache in [true, false] {
+        for round in 0..3 {
+            let mut cpp_command = Command::new(&programs.cpp_bench);
+            cpp_command.arg("bench").arg(&daemon.socket).arg(n_requests.to_string());
+            if !cache {
+                cpp_command.arg("nocache");
+            }
+            let cpp: serde_json::Value = serde_json::from_slice(&run(&mut cpp_command).stdout).unwrap();
+            let rust = rust_latency(&daemon, text, n_requests, cache);
+            let mut akictl_command = Command::new(env!("CARGO_BIN_EXE_akictl"));
+            akictl_command
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .args(["bench", "--concurrency", "1", "--requests"])
+                .arg(n_requests.to_string())
+                .arg("--texts")
+                .arg(&texts)
+                .args(cache.then_some("--cache"))
+                .arg("--json");
+            let akictl: serde_json::Value = serde_json::from_slice(&run(&mut akictl_command).stdout).unwrap();
+            let normal = &akictl["latency_ms"]["normal"];
+            let akictl = serde_json::json!({
+                "client": "akictl bench --concurrency 1 (no warm-up)",
+                "requests": akictl["requests"],
+                "p50_us": normal["p50"].as_f64().unwrap_or(f64::NAN) * 1000.0,
+                "p99_us": normal["p99"].as_f64().unwrap_or(f64::NAN) * 1000.0,
+            });
+            let row = serde_json::json!({"cache": cache, "round": round, "cpp": cpp, "rust": rust, "akictl": akictl});
+            util::say(&row.to_string());
+            rows.push(row);
+        }
     }
-    let report = serde_json::json!({"requests_per_client": n_requests, "text": text, "cache": "on (same text)", "rounds": rows});
+    let lscpu = Command::new("lscpu")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    let cpu = lscpu
+        .lines()
+        .find_map(|line| line.strip_prefix("Model name:"))
+        .unwrap_or("unknown")
+        .trim();
+    let report = serde_json::json!({
+        "what": "one short sentence, sequential requests on one connection, p50/p99 in µs, after a warm-up; with \
+                 cache true the daemon's embedding cache answers (same text), so the figures are the clients' and the \
+                 socket's cost; with cache false every request runs the model",
+        "cpu": cpu,
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "requests_per_client": n_requests,
+        "text": text,
+        "rounds": rows,
+    });
     std::fs::write(
         util::repo().join("target/c-client-latency.json"),
         serde_json::to_string_pretty(&report).unwrap(),
@@ -370,12 +403,15 @@ fn assert_bitwise_equal(got: &[f32], want: &[f32]) {
 }
 
 /// p50/p99 in µs of `n_requests` sequential embeds of `text` through the Rust client, after a warm-up.
-fn rust_latency(daemon: &Daemon, text: &str, n_requests: usize) -> serde_json::Value {
+fn rust_latency(daemon: &Daemon, text: &str, n_requests: usize, cache: bool) -> serde_json::Value {
     let socket = daemon.socket.clone();
     let text = text.to_owned();
     util::runtime().block_on(async move {
         let mut client = akidb::client::Client::connect(&socket).await.unwrap();
-        let params = EmbedParams::default();
+        let params = EmbedParams {
+            cache: Some(cache),
+            ..EmbedParams::default()
+        };
         for _ in 0..50 {
             client.embed(&[&text], &params).await.unwrap();
         }

@@ -9,8 +9,8 @@
  * message for the calling thread (thread-local, so it is thread-safe), valid until the next failing call on it.
  *
  * Threads: a connection may be shared by several threads; their calls are serialized on it. No Rust panic ever
- * crosses this boundary (it becomes AKIDB_PANIC). The library blocks SIGPIPE on the calling thread during a call
- * (a dead daemon makes writes fail with EPIPE rather than killing the process).
+ * crosses this boundary (it becomes AKIDB_PANIC). Writing to a dead daemon fails with EPIPE; it raises no SIGPIPE
+ * (the library sends with MSG_NOSIGNAL), so the host need not ignore that signal.
  *
  * Reconnection: a call that finds the connection broken (the daemon restarted) reconnects once and retries
  * (every request is idempotent); if the daemon cannot be reached it returns AKIDB_CONNECT_FAILED, and the next

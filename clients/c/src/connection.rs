@@ -1,8 +1,12 @@
 //! One blocking connection: the crate's async [`Client`] driven by a current-thread tokio runtime, behind a mutex.
 //!
 //! This is the only place that talks to the daemon; it adds no protocol of its own. It owns reconnection (a call
-//! that finds the connection broken reconnects once and retries), the per-call timeout, and keeping SIGPIPE away
-//! from the host process. It knows nothing of C types.
+//! that finds the connection broken reconnects once and retries) and the per-call timeout. It knows nothing of C
+//! types.
+//!
+//! SIGPIPE needs nothing here: the socket writes go out with `MSG_NOSIGNAL` (Rust's standard library, under mio
+//! and tokio), so writing to a dead daemon fails with EPIPE instead of killing a C host that has not ignored the
+//! signal (tests/it/cclient.rs's restart test runs such a host).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,17 +33,6 @@ struct State {
     client: Option<Client>,
     /// None: no limit.
     timeout: Option<Duration>,
-}
-
-/// Blocks SIGPIPE on the calling thread while it is alive, and swallows a SIGPIPE raised meanwhile.
-///
-/// Writing to a socket whose daemon has died raises SIGPIPE, whose default action kills the process. Rust
-/// programs ignore it from `main`, but a C or C++ host usually does not; the current-thread runtime does its I/O on
-/// the calling thread, so blocking the signal there for the duration of a call is enough (the write then fails
-/// with EPIPE, which the client reports).
-struct SigpipeGuard {
-    old_mask: libc::sigset_t,
-    was_pending: bool,
 }
 
 // === impl Connection ===
@@ -72,7 +65,6 @@ impl Connection {
     /// out to be broken (closed, or a write or read fails) and it was not made by this call, reconnects once and
     /// retries: every op is idempotent, and this is what makes a daemon restart invisible to the caller.
     pub(crate) fn call<T>(&self, mut call: impl AsyncFnMut(&mut Client) -> Result<T, ClientError>) -> Result<T, Failure> {
-        let _sigpipe = SigpipeGuard::new();
         let mut state = self.lock();
         let fresh = state.client.is_none();
         if fresh {
@@ -132,46 +124,5 @@ async fn with_timeout<T>(timeout: Option<Duration>, future: impl Future<Output =
                 format!("no reply within {} ms", limit.as_millis()),
             )),
         },
-    }
-}
-
-// === impl SigpipeGuard ===
-
-impl SigpipeGuard {
-    fn new() -> SigpipeGuard {
-        // SAFETY: the sigset_t values are plain data initialised by sigemptyset/sigaddset before use, and
-        // pthread_sigmask/sigpending only read and write them; they affect only the calling thread.
-        unsafe {
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            let mut pending: libc::sigset_t = std::mem::zeroed();
-            libc::sigpending(&mut pending);
-            let was_pending = libc::sigismember(&pending, libc::SIGPIPE) == 1;
-            let mut old_mask: libc::sigset_t = std::mem::zeroed();
-            libc::pthread_sigmask(libc::SIG_BLOCK, &pipe, &mut old_mask);
-            SigpipeGuard { old_mask, was_pending }
-        }
-    }
-}
-
-impl Drop for SigpipeGuard {
-    fn drop(&mut self) {
-        // SAFETY: as in `new`; sigtimedwait with a zero timeout only dequeues a SIGPIPE this thread raised while
-        // it was blocked (never one that was pending before), so unblocking does not deliver it.
-        unsafe {
-            let mut pipe: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut pipe);
-            libc::sigaddset(&mut pipe, libc::SIGPIPE);
-            if !self.was_pending {
-                let mut pending: libc::sigset_t = std::mem::zeroed();
-                libc::sigpending(&mut pending);
-                if libc::sigismember(&pending, libc::SIGPIPE) == 1 {
-                    let zero = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-                    libc::sigtimedwait(&pipe, std::ptr::null_mut(), &zero);
-                }
-            }
-            libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
-        }
     }
 }

@@ -5,11 +5,13 @@
 //                         with codes, moves, info and health
 //   threads SOCKET        8 threads embed concurrently on one Client; every vector equals the single-threaded one
 //   restart SOCKET        the daemon dies and comes back under us, driven line by line over stdin/stdout
-//   bench SOCKET N        latency of one short sentence, N sequential requests after a warm-up: JSON on stdout
+//   bench SOCKET N [nocache]  latency of one short sentence, N sequential requests after a warm-up (cache off
+//                         with nocache): JSON on stdout
 // Prints "cpp MODE: N passed, M failed" (bench: the JSON) and exits non-zero on a failure.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -148,6 +150,8 @@ double seconds_of(const std::function<void()>& call) {
 }
 
 int restart(const std::string& socket) {
+  // SIGPIPE keeps its default action (death), as in most C++ programs: the library must not raise it.
+  std::signal(SIGPIPE, SIG_DFL);
   akidb::Client client(socket);
   client.set_timeout_ms(20000);
   std::vector<float> before = client.embed(kText);
@@ -175,20 +179,23 @@ int restart(const std::string& socket) {
   return 0;
 }
 
-int bench(const std::string& socket, int n_requests) {
+int bench(const std::string& socket, int n_requests, bool cache) {
   akidb::Client client(socket);
-  for (int i = 0; i < 50; ++i) client.embed(kText);
+  akidb::EmbedOptions options;
+  options.cache = cache;
+  for (int i = 0; i < 50; ++i) client.embed(kText, options);
   std::vector<double> micros;
   micros.reserve(n_requests);
   for (int i = 0; i < n_requests; ++i) {
     auto start = std::chrono::steady_clock::now();
-    std::vector<float> vector = client.embed(kText);
+    std::vector<float> vector = client.embed(kText, options);
     micros.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
     if (vector.size() != 384) return 1;
   }
   std::sort(micros.begin(), micros.end());
   auto at = [&](double q) { return micros[std::min(micros.size() - 1, static_cast<size_t>(q * micros.size()))]; };
-  std::printf("{\"client\": \"c++\", \"requests\": %d, \"p50_us\": %.1f, \"p99_us\": %.1f}\n", n_requests, at(0.5), at(0.99));
+  std::printf("{\"client\": \"c++\", \"requests\": %d, \"p50_us\": %.1f, \"p99_us\": %.1f}\n", n_requests, at(0.5),
+              at(0.99));
   return 0;
 }
 
@@ -202,7 +209,7 @@ int main(int argc, char** argv) {
   std::string mode = argv[1];
   std::string socket = argv[2];
   try {
-    if (mode == "bench") return bench(socket, argc > 3 ? std::atoi(argv[3]) : 500);
+    if (mode == "bench") return bench(socket, argc > 3 ? std::atoi(argv[3]) : 500, !(argc > 4 && std::string(argv[4]) == "nocache"));
     if (mode == "basic") basic(socket, argc > 3 ? argv[3] : "/dev/null");
     else if (mode == "threads") threads(socket);
     else if (mode == "restart") restart(socket);

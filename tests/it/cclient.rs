@@ -2,8 +2,8 @@
 //!
 //! Builds libakidb_client with cargo if needed, compiles clients/c/tests/*.{c,cpp} with the system compiler
 //! (`cc`/`c++`, under AddressSanitizer with leak detection unless AKIDB_C_TEST_ASAN=0), and runs them against a
-//! real akidbd: vectors equal the Rust client's bit for bit, error codes, a dead daemon, 8 threads on one
-//! connection, a daemon restart. `installed_package_builds_the_example` installs the library into a temporary
+//! real akidbd: vectors equal the Rust client's bit for bit, error codes, a dead daemon, a stalled daemon (timeout),
+//! 8 threads on one connection, a daemon restart. `installed_package_builds_the_example` installs the library into a temporary
 //! prefix with clients/c/install.sh and builds clients/c/examples/cpp with CMake against it (the issue's "done
 //! when"); `latency_figure` (ignored; run by hand) measures the wrapper's overhead against the Rust client and akictl.
 
@@ -105,6 +105,45 @@ fn a_daemon_restart_is_reported_then_survived() {
         stdout.contains("cpp restart:") && stdout.contains(" 0 failed"),
         "{stdout}\n{stderr}"
     );
+}
+
+/// A daemon that stops answering (SIGSTOP) under a connected client: the call returns `AKIDB_TIMEOUT` after the
+/// client's timeout instead of hanging; once the daemon runs again (SIGCONT) the next call reconnects.
+#[test]
+fn a_stalled_daemon_times_out_then_recovers() {
+    let programs = programs();
+    let daemon = Daemon::start("");
+    let mut command = Command::new(&programs.cpp);
+    let mut child = sanitized(&mut command)
+        .arg("stall")
+        .arg(&daemon.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_child = child.stdin.take().unwrap();
+    let mut from_child = BufReader::new(child.stdout.take().unwrap());
+    let mut expect = |want: &str| {
+        let mut line = String::new();
+        from_child.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), want, "the C++ client said {line:?}");
+    };
+    expect("embedded");
+    daemon.signal("STOP");
+    wait_for_state(daemon.pid(), 'T');
+    writeln!(to_child, "stopped").unwrap();
+    expect("timed_out");
+    daemon.signal("CONT");
+    writeln!(to_child, "continued").unwrap();
+    expect("done");
+    drop(to_child);
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut from_child, &mut stdout).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{}: {stdout}\n{stderr}", output.status);
+    assert!(stdout.contains("cpp stall:") && stdout.contains(" 0 failed"), "{stdout}\n{stderr}");
 }
 
 /// `make install-client` as a user runs it (the debug build, to spare a release build here), then the example
@@ -271,6 +310,19 @@ fn start_at(socket: &Path) -> Daemon {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("akidbd did not become ready; log:\n{}", daemon.log());
+}
+
+/// Waits (up to 5 s) until the process is in `state` (/proc/PID/stat's third field), since a signal's effect is
+/// not synchronous with `kill` returning.
+fn wait_for_state(pid: i32, state: char) {
+    for _ in 0..500 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) == Some(state) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("process {pid} did not reach state {state}");
 }
 
 /// The compiled test programs, built once per test binary.

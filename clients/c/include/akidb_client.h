@@ -278,8 +278,8 @@ akidb_status akidb_connect(const char *socket_path,
 void akidb_close(akidb_client *client);
 
 /**
- * Sets the most time one call on `client` may take, reconnecting included; 0: no limit. A call that runs out
- * returns `AKIDB_TIMEOUT` and drops the connection (the next call reconnects).
+ * Sets the most time one call on `client` may take, reconnecting and retrying included (default 60 s); 0: no
+ * limit. A call that runs out returns `AKIDB_TIMEOUT` and drops the connection (the next call reconnects).
  *
  * # Safety
  * `client` is a pointer from `akidb_connect`.

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use akidb::client::{Client, ClientError};
 use tokio::runtime::Runtime;
+use tokio::time::Instant;
 
 use crate::status::{AkidbStatus, Failure};
 
@@ -26,6 +27,9 @@ pub(crate) struct Connection {
     path: PathBuf,
     state: Mutex<State>,
 }
+
+/// When a call must be done, and the limit it came from (for the message).
+type Deadline = (Instant, Duration);
 
 struct State {
     runtime: Runtime,
@@ -49,7 +53,8 @@ impl Connection {
             client: None,
             timeout: Some(DEFAULT_TIMEOUT),
         };
-        state.connect(&path)?;
+        let deadline = state.timeout.map(|limit| (Instant::now() + limit, limit));
+        state.connect(&path, deadline)?;
         Ok(Connection {
             path,
             state: Mutex::new(state),
@@ -66,14 +71,16 @@ impl Connection {
     /// retries: every op is idempotent, and this is what makes a daemon restart invisible to the caller.
     pub(crate) fn call<T>(&self, mut call: impl AsyncFnMut(&mut Client) -> Result<T, ClientError>) -> Result<T, Failure> {
         let mut state = self.lock();
+        // One deadline for the whole call, reconnecting and retrying included.
+        let deadline = state.timeout.map(|limit| (Instant::now() + limit, limit));
         let fresh = state.client.is_none();
         if fresh {
-            state.connect(&self.path)?;
+            state.connect(&self.path, deadline)?;
         }
-        match state.run(&mut call) {
+        match state.run(&mut call, deadline) {
             Err(failure) if failure.is_broken_pipe() && !fresh => {
-                state.connect(&self.path)?;
-                state.run(&mut call)
+                state.connect(&self.path, deadline)?;
+                state.run(&mut call, deadline)
             }
             other => other,
         }
@@ -92,19 +99,21 @@ impl Connection {
 // === impl State ===
 
 impl State {
-    fn connect(&mut self, path: &std::path::Path) -> Result<(), Failure> {
+    fn connect(&mut self, path: &std::path::Path, deadline: Option<Deadline>) -> Result<(), Failure> {
         self.client = None;
-        let timeout = self.timeout;
-        let client = self.runtime.block_on(with_timeout(timeout, Client::connect(path)))?;
+        let client = self.runtime.block_on(before(deadline, Client::connect(path)))?;
         self.client = Some(client);
         Ok(())
     }
 
     /// Runs one call on the current client; drops the client when the failure leaves it unusable.
-    fn run<T>(&mut self, call: &mut impl AsyncFnMut(&mut Client) -> Result<T, ClientError>) -> Result<T, Failure> {
-        let timeout = self.timeout;
+    fn run<T>(
+        &mut self,
+        call: &mut impl AsyncFnMut(&mut Client) -> Result<T, ClientError>,
+        deadline: Option<Deadline>,
+    ) -> Result<T, Failure> {
         let client = self.client.as_mut().expect("connected by the caller");
-        let result = self.runtime.block_on(with_timeout(timeout, call(client)));
+        let result = self.runtime.block_on(before(deadline, call(client)));
         if let Err(failure) = &result {
             if failure.breaks_connection() {
                 self.client = None;
@@ -114,10 +123,11 @@ impl State {
     }
 }
 
-async fn with_timeout<T>(timeout: Option<Duration>, future: impl Future<Output = Result<T, ClientError>>) -> Result<T, Failure> {
-    match timeout {
+/// Runs `future` until the deadline, if any.
+async fn before<T>(deadline: Option<Deadline>, future: impl Future<Output = Result<T, ClientError>>) -> Result<T, Failure> {
+    match deadline {
         None => Ok(future.await?),
-        Some(limit) => match tokio::time::timeout(limit, future).await {
+        Some((at, limit)) => match tokio::time::timeout_at(at, future).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(Failure::new(
                 AkidbStatus::AKIDB_TIMEOUT,

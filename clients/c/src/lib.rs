@@ -147,8 +147,8 @@ pub unsafe extern "C" fn akidb_close(client: *mut AkidbClient) {
     }));
 }
 
-/// Sets the most time one call on `client` may take, reconnecting included; 0: no limit. A call that runs out
-/// returns `AKIDB_TIMEOUT` and drops the connection (the next call reconnects).
+/// Sets the most time one call on `client` may take, reconnecting and retrying included (default 60 s); 0: no
+/// limit. A call that runs out returns `AKIDB_TIMEOUT` and drops the connection (the next call reconnects).
 ///
 /// # Safety
 /// `client` is a pointer from `akidb_connect`.

@@ -5,6 +5,7 @@
 //                         with codes, moves, info and health
 //   threads SOCKET        8 threads embed concurrently on one Client; every vector equals the single-threaded one
 //   restart SOCKET        the daemon dies and comes back under us, driven line by line over stdin/stdout
+//   stall SOCKET          the daemon stops answering (SIGSTOP), then answers again (SIGCONT), driven the same way
 //   bench SOCKET N [nocache]  latency of one short sentence, N sequential requests after a warm-up (cache off
 //                         with nocache): JSON on stdout
 // Prints "cpp MODE: N passed, M failed" (bench: the JSON) and exits non-zero on a failure.
@@ -179,6 +180,26 @@ int restart(const std::string& socket) {
   return 0;
 }
 
+// The daemon stops answering (SIGSTOP) under a connected client: the call times out instead of hanging, and
+// once the daemon answers again (SIGCONT) the next call reconnects.
+int stall(const std::string& socket) {
+  akidb::Client client(socket);
+  client.set_timeout_ms(500);
+  std::vector<float> before = client.embed(kText);
+  std::cout << "embedded" << std::endl;
+
+  check(next_line() == "stopped", "driver stopped the daemon");
+  double took = seconds_of([&] { expect_error(AKIDB_TIMEOUT, "stalled daemon", [&] { client.embed(kText); }); });
+  check(took >= 0.4 && took < 3.0, "the stalled daemon is reported after " + std::to_string(took) + " s");
+  std::cout << "timed_out" << std::endl;
+
+  check(next_line() == "continued", "driver continued the daemon");
+  client.set_timeout_ms(20000);
+  check(client.embed(kText) == before, "the next call reconnects");
+  std::cout << "done" << std::endl;
+  return 0;
+}
+
 int bench(const std::string& socket, int n_requests, bool cache) {
   akidb::Client client(socket);
   akidb::EmbedOptions options;
@@ -213,6 +234,7 @@ int main(int argc, char** argv) {
     if (mode == "basic") basic(socket, argc > 3 ? argv[3] : "/dev/null");
     else if (mode == "threads") threads(socket);
     else if (mode == "restart") restart(socket);
+    else if (mode == "stall") stall(socket);
     else {
       std::cerr << "unknown mode " << mode << "\n";
       return 2;

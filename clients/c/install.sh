@@ -22,6 +22,11 @@ install -m 0755 "$built/libakidb_client.so" "$root/lib/libakidb_client.so.$VERSI
 ln -sfn "libakidb_client.so.$VERSION" "$root/lib/$SONAME"
 ln -sfn "$SONAME" "$root/lib/libakidb_client.so"
 install -m 0644 "$built/libakidb_client.a" "$root/lib/libakidb_client.a"
+# Release libraries carry line tables (the workspace's release profile): 41 MB for the .so, 1.9 MB without them.
+STRIP=${STRIP:-strip}
+if [ "$PROFILE" = release ] && command -v "$STRIP" >/dev/null; then
+  "$STRIP" --strip-debug "$root/lib/libakidb_client.so.$VERSION" "$root/lib/libakidb_client.a"
+fi
 install -m 0644 clients/c/include/akidb_client.h clients/c/include/akidb_client.hpp "$root/include/"
 # The CMake files find the prefix from their own location, so a DESTDIR staging tree can be moved as it is.
 sed "s/@VERSION@/$VERSION/g; s/@SONAME@/$SONAME/g" clients/c/cmake/akidb_clientConfig.cmake.in \

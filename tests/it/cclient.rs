@@ -196,6 +196,17 @@ fn installed_package_builds_the_example() {
     let printed: Vec<f32> = serde_json::from_slice(&output.stdout).expect("one JSON array of floats");
     assert_bitwise_equal(&printed, &rust_vectors(&daemon, &[text]));
 
+    // Without --socket: the default path, as akidbd and akictl derive it ($XDG_RUNTIME_DIR/akidb/embed.sock).
+    let runtime_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(runtime_dir.path().join("akidb")).unwrap();
+    let default_daemon = start_at(&runtime_dir.path().join("akidb/embed.sock"));
+    let by_default = run(Command::new(build.join("akidb_embed"))
+        .arg(text)
+        .env("XDG_RUNTIME_DIR", runtime_dir.path()));
+    assert!(by_default.status.success());
+    assert_eq!(by_default.stdout, output.stdout, "the default socket path serves the same vector");
+    drop(default_daemon);
+
     if have("pkg-config") {
         let pkg = run(Command::new("pkg-config")
             .args(["--cflags", "--libs", "akidb-client"])

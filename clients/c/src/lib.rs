@@ -167,6 +167,11 @@ pub unsafe extern "C" fn akidb_set_timeout_ms(client: *mut AkidbClient, timeout_
 /// normalization, truncation on, cache on.
 #[no_mangle]
 pub extern "C" fn akidb_embed_options_default() -> AkidbEmbedOptions {
+    // Nothing here can panic; catch_unwind keeps the rule "every extern fn" without exceptions to reason about.
+    catch_unwind(default_options).unwrap_or_else(|_| default_options())
+}
+
+fn default_options() -> AkidbEmbedOptions {
     AkidbEmbedOptions {
         model: std::ptr::null(),
         prompt_name: std::ptr::null(),
@@ -378,7 +383,7 @@ pub extern "C" fn akidb_client_version() -> *const c_char {
         Ok(version) => version,
         Err(_) => c"unknown",
     };
-    VERSION.as_ptr()
+    catch_unwind(|| VERSION.as_ptr()).unwrap_or(c"unknown".as_ptr())
 }
 
 // === impl AkidbInfo ===
@@ -436,9 +441,7 @@ unsafe fn embed_flat(
     // SAFETY: forwarded caller contract.
     let texts = unsafe { read_texts(texts, n_texts)? };
     // SAFETY: NULL or valid by the caller's contract.
-    let options = unsafe { options.as_ref() }
-        .copied()
-        .unwrap_or_else(|| akidb_embed_options_default());
+    let options = unsafe { options.as_ref() }.copied().unwrap_or_else(default_options);
     // SAFETY: the option strings are NULL or NUL-terminated by the caller's contract.
     let params = unsafe { embed_params(&options)? };
     let embedded = client.connection.call(async |client| client.embed(&texts, &params).await)?;

@@ -11,6 +11,8 @@ install -m 0755 target/release/akidbd target/release/akictl "$PREFIX/bin/"
 install -m 0644 target/onnxruntime/libonnxruntime.so.1.32.0 "$PREFIX/lib/akidb/"
 cp -r models/all-MiniLM-L6-v2 /usr/local/share/akidb/models/
 install -m 0644 README.md "$PREFIX/share/doc/akidb/"
+# The C/C++ client library, headers, CMake package and pkg-config file (also alone: make install-client).
+PREFIX="$PREFIX" DESTDIR= clients/c/install.sh
 if [ ! -f /etc/akidb/akidb.toml ]; then
   sed -e "s#^dir = \"models/all-MiniLM-L6-v2\"#dir = \"/usr/local/share/akidb/models/all-MiniLM-L6-v2\"#" \
       -e "s#^\\# library_path = .*#library_path = \"$PREFIX/lib/akidb/libonnxruntime.so.1.32.0\"#" \

@@ -6,6 +6,7 @@
 
 mod akictl;
 mod cache;
+mod cclient;
 mod daemon;
 mod decoder;
 mod engine;

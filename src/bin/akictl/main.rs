@@ -292,7 +292,9 @@ async fn rerank(socket: &Path, query: &str, documents: Vec<String>, params: Rera
     let mut out = std::io::stdout().lock();
     for result in reply.results {
         let document = &documents[result.index as usize];
-        let line = serde_json::json!({ "index": result.index, "score": result.score, "document": document });
+        // The score through f64's shortest text of the f32 value, not of its widened f64.
+        let score: f64 = result.score.to_string().parse().unwrap_or(f64::NAN);
+        let line = serde_json::json!({ "index": result.index, "score": score, "document": document });
         let _ = writeln!(out, "{line}");
     }
     Ok(ExitCode::SUCCESS)

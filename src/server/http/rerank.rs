@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -19,6 +19,29 @@ use crate::server::rerank::{self, Reranked};
 
 /// Numbers the `/v1/rerank` answers' ids (Cohere's clients read an id; nothing depends on its form).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One result of `POST /rerank` (typed, so that scores are written as the shortest f32 text).
+#[derive(Serialize)]
+struct TeiResult<'a> {
+    index: usize,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+}
+
+/// One result of `POST /v1/rerank`.
+#[derive(Serialize)]
+struct CohereResult<'a> {
+    index: usize,
+    relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<CohereDocument<'a>>,
+}
+
+#[derive(Serialize)]
+struct CohereDocument<'a> {
+    text: &'a str,
+}
 
 /// `POST /rerank` as text-embeddings-inference takes it.
 #[derive(Debug, Deserialize)]
@@ -70,12 +93,13 @@ pub(super) async fn tei(State(app): State<App>, headers: HeaderMap, body: Body) 
             cache: true,
         };
         let done = serve(&app, rerank, received).await?;
-        let results: Vec<Value> = done
+        let results: Vec<TeiResult> = done
             .results
             .iter()
-            .map(|&(index, score)| match request.return_text {
-                true => json!({ "index": index, "score": score, "text": texts[index] }),
-                false => json!({ "index": index, "score": score }),
+            .map(|&(index, score)| TeiResult {
+                index,
+                score,
+                text: request.return_text.then_some(texts[index].as_str()),
             })
             .collect();
         Ok::<_, ApiError>(Json(results).into_response())
@@ -107,12 +131,15 @@ pub(super) async fn cohere(State(app): State<App>, headers: HeaderMap, body: Bod
         }
         let done = serve(&app, rerank, received).await?;
         let model = app.handle.state.models[done.model].name.clone();
-        let results: Vec<Value> = done
+        let results: Vec<CohereResult> = done
             .results
             .iter()
-            .map(|&(index, score)| match request.return_documents {
-                true => json!({ "index": index, "relevance_score": score, "document": { "text": documents[index] } }),
-                false => json!({ "index": index, "relevance_score": score }),
+            .map(|&(index, score)| CohereResult {
+                index,
+                relevance_score: score,
+                document: request.return_documents.then(|| CohereDocument {
+                    text: documents[index].as_str(),
+                }),
             })
             .collect();
         let id = format!("akidb-rerank-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));

@@ -156,6 +156,20 @@ impl Found {
         self.nbits_attributes = [None; 3];
     }
 
+    /// An integer field: an initializer's data type, or an integer attribute of a `MatMulNBits` node.
+    fn note_integer(&mut self, message: Message, field: u64, value: u64) {
+        match (message, field) {
+            (Message::Initializer, 2) => *self.weight_types.entry(value).or_default() += 1,
+            (Message::Attribute, 3) if self.node_op == "MatMulNBits" => {
+                let names = ["bits", "block_size", "accuracy_level"];
+                if let Some(slot) = names.iter().position(|n| *n == self.attribute_name) {
+                    self.nbits_attributes[slot] = Some(value);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The graph's quantization in words, from the node types it uses.
     fn quantization(&self) -> Option<String> {
         if let Some((&(bits, block, level), _)) = self.matmul_nbits.iter().max_by_key(|(_, &count)| count) {
@@ -248,19 +262,7 @@ fn walk<R: Read + Seek>(reader: &mut R, len: u64, message: Message, out: &mut Fo
         let body = match wire {
             0 => {
                 let (value, len) = varint(reader)?;
-                if let (Message::Initializer, 2) = (message, field) {
-                    *out.weight_types.entry(value).or_default() += 1;
-                }
-                if let (Message::Attribute, 3) = (message, field) {
-                    if out.node_op == "MatMulNBits" {
-                        let slot = ["bits", "block_size", "accuracy_level"]
-                            .iter()
-                            .position(|n| *n == out.attribute_name);
-                        if let Some(slot) = slot {
-                            out.nbits_attributes[slot] = Some(value);
-                        }
-                    }
-                }
+                out.note_integer(message, field, value);
                 len
             }
             1 => skip(reader, 8)?,

@@ -79,27 +79,7 @@ enum Command {
     },
     /// Rerank documents (arguments after the query, or one per stdin line) against a query with a reranker;
     /// prints one JSON object per result, best first: {"index", "score", "document"}.
-    Rerank {
-        /// The query.
-        query: String,
-        /// The candidate documents; none: read stdin, one per line.
-        documents: Vec<String>,
-        /// Only the N best.
-        #[arg(long)]
-        top_n: Option<u64>,
-        /// Print the logits instead of the model's activation of them.
-        #[arg(long)]
-        raw_scores: bool,
-        /// Fail on over-long pairs instead of truncating.
-        #[arg(long)]
-        no_truncate: bool,
-        /// realtime | normal | bulk.
-        #[arg(long, default_value = "normal")]
-        priority: String,
-        /// The reranker, by name (default: the daemon's first reranker).
-        #[arg(long)]
-        model: Option<String>,
-    },
+    Rerank(RerankArgs),
     /// Load generator: bounded in time and count; reports throughput, latency per class and errors.
     Bench(bench::BenchArgs),
     /// The status figures as Prometheus text: the classic format 0.0.4 (what node_exporter's textfile collector
@@ -162,29 +142,7 @@ async fn run(command: Command, socket: &Path) -> ExitCode {
             };
             embed(socket, texts, params, batch.max(1)).await
         }
-        Command::Rerank {
-            query,
-            documents,
-            top_n,
-            raw_scores,
-            no_truncate,
-            priority,
-            model,
-        } => {
-            let Some(priority) = Priority::parse(&priority) else {
-                eprintln!("akictl: --priority must be realtime, normal or bulk");
-                return ExitCode::from(EXIT_USAGE);
-            };
-            let params = RerankParams {
-                top_n,
-                raw_scores: raw_scores.then_some(true),
-                truncate: Some(!no_truncate),
-                priority: Some(priority),
-                model,
-                ..RerankParams::default()
-            };
-            rerank(socket, &query, documents, params).await
-        }
+        Command::Rerank(rerank_args) => rerank(socket, rerank_args).await,
         Command::Bench(bench_args) => bench::run(socket, bench_args).await,
         Command::Metrics { openmetrics } => metrics(socket, openmetrics).await,
     };
@@ -281,14 +239,50 @@ async fn embed(socket: &Path, texts: Vec<String>, params: EmbedParams, batch: us
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rerank(socket: &Path, query: &str, documents: Vec<String>, params: RerankParams) -> Result<ExitCode, ClientError> {
-    let documents = if documents.is_empty() {
+/// `akictl rerank`'s arguments.
+#[derive(Debug, clap::Args)]
+struct RerankArgs {
+    /// The query.
+    query: String,
+    /// The candidate documents; none: read stdin, one per line.
+    documents: Vec<String>,
+    /// Only the N best.
+    #[arg(long)]
+    top_n: Option<u64>,
+    /// Print the logits instead of the model's activation of them.
+    #[arg(long)]
+    raw_scores: bool,
+    /// Fail on over-long pairs instead of truncating.
+    #[arg(long)]
+    no_truncate: bool,
+    /// realtime | normal | bulk.
+    #[arg(long, default_value = "normal")]
+    priority: String,
+    /// The reranker, by name (default: the daemon's first reranker).
+    #[arg(long)]
+    model: Option<String>,
+}
+
+async fn rerank(socket: &Path, args: RerankArgs) -> Result<ExitCode, ClientError> {
+    let Some(priority) = Priority::parse(&args.priority) else {
+        eprintln!("akictl: --priority must be realtime, normal or bulk");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    };
+    let params = RerankParams {
+        top_n: args.top_n,
+        raw_scores: args.raw_scores.then_some(true),
+        truncate: Some(!args.no_truncate),
+        priority: Some(priority),
+        model: args.model,
+        ..RerankParams::default()
+    };
+    let documents = if args.documents.is_empty() {
         std::io::stdin().lock().lines().map_while(Result::ok).collect()
     } else {
-        documents
+        args.documents
     };
     let mut client = Client::connect(socket).await?;
-    let reply = client.rerank(query, &documents, &params).await?;
+    let reply = client.rerank(&args.query, &documents, &params).await?;
     let mut out = std::io::stdout().lock();
     for result in reply.results {
         let document = &documents[result.index as usize];

@@ -149,14 +149,7 @@ impl ModelInfo {
                 n => (n, None),
             },
         };
-        let pooling = match &config.pooling {
-            Some(text) => {
-                Pooling::parse(text).ok_or_else(|| model_error(Path::new("[model] pooling"), &format!("unknown pooling {text:?}")))?
-            }
-            // A cross-encoder's graph pools and scores itself; its inputs are padded on the right as BERT's are.
-            None if task != Task::Embed => Pooling::Cls,
-            None => read_pooling(&dir)?,
-        };
+        let pooling = read_pooling_for(&dir, config, task)?;
         let modules = read_modules(&dir)?;
         let normalize = config.normalize.unwrap_or(modules.normalize) && task == Task::Embed;
         let dim = match (task, config.dimension) {
@@ -237,6 +230,16 @@ pub(crate) fn model_error(file: &Path, message: &str) -> EngineError {
 fn read_json(path: &Path) -> Result<Value, EngineError> {
     let text = std::fs::read_to_string(path).map_err(|e| model_error(path, &e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| model_error(path, &format!("invalid JSON: {e}")))
+}
+
+/// The pooling: `[model] pooling`, else the directory's; a cross-encoder's graph pools and scores itself, and its
+/// inputs are padded on the right as BERT's are.
+fn read_pooling_for(dir: &Path, config: &ModelConfig, task: Task) -> Result<Pooling, EngineError> {
+    match &config.pooling {
+        Some(text) => Pooling::parse(text).ok_or_else(|| model_error(Path::new("[model] pooling"), &format!("unknown pooling {text:?}"))),
+        None if task != Task::Embed => Ok(Pooling::Cls),
+        None => read_pooling(dir),
+    }
 }
 
 /// A directory is a cross-encoder when `config.json` names a sequence-classification architecture (as

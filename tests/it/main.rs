@@ -8,6 +8,7 @@ mod akictl;
 mod cache;
 mod daemon;
 mod decoder;
+mod doctor;
 mod engine;
 mod hostile;
 mod http;

@@ -319,7 +319,8 @@ fn check_chosen(report: &mut Report, path: &Path, probe: Option<Result<LibraryPr
         Some(Err(why)) => report.problem(
             true,
             format!("the ONNX Runtime library {} cannot be loaded: {why}", path.display()),
-            "use a library built for this machine's architecture (file LIB), or run `make setup`",
+            "install an ONNX Runtime >= 1.17 built for this machine (see README \"Running on Jetson\") or set \
+             ort.library_path to one; `make setup` places the CPU one",
         ),
         None => {}
         Some(Ok(probe)) => {

@@ -57,6 +57,15 @@ fi
 tools/setup.sh >/dev/null || die "tools/setup.sh (x86_64)"
 AKIDB_SETUP_ARCH=aarch64 AKIDB_SETUP_ORT_DIR=$ARM_ORT_DIR tools/setup.sh >/dev/null || die "tools/setup.sh (AKIDB_SETUP_ARCH=aarch64)"
 [ -f "$ARM_ORT_LIB" ] && [ -f "$X86_ORT_LIB" ] && [ -f "$MODEL_DIR/model.onnx" ] || die "setup did not place the libraries and the model"
+# The choice by `uname -m` itself: with a uname that says aarch64, setup must find the aarch64 library in place
+# (its sha256 is the aarch64 pin; a wrong choice would fetch the x86_64 one over it).
+fake_bin=$(mktemp -d /tmp/akidb-uname.XXXXXX)
+printf '#!/bin/sh\n[ "$1" = -m ] && echo aarch64 && exit 0\nexec /bin/uname "$@"\n' > "$fake_bin/uname"
+chmod +x "$fake_bin/uname"
+PATH="$fake_bin:$PATH" AKIDB_SETUP_ORT_DIR=$ARM_ORT_DIR tools/setup.sh >/dev/null || die "tools/setup.sh with uname -m = aarch64"
+rm -rf "$fake_bin"
+readelf -h "$ARM_ORT_LIB" | grep -q AArch64 || die "$ARM_ORT_LIB is not an aarch64 library"
+step "tools/setup.sh: aarch64 library by AKIDB_SETUP_ARCH and by uname -m: $ARM_ORT_LIB"
 
 # --- Builds. -------------------------------------------------------------------------------------------------------
 build_started=$(now)
@@ -113,8 +122,9 @@ serve() {
   local arch=$1 socket="$work/$1.sock" config="$work/$1.toml" log="$work/$1.log" lib bin
   if [ "$arch" = aarch64 ]; then lib=$ARM_ORT_LIB; bin=$ARM_BIN/akidbd; else lib=$X86_ORT_LIB; bin=target/release/akidbd; fi
   # One warm-up shape: the default's after-READY shapes (up to 256 tokens x 8) cost 3,584 emulated tokens, 44%
-  # as much again as the fixture itself, and would compete with it.
-  printf '[model]\ndir = "%s"\n[ort]\nlibrary_path = "%s"\n[batcher]\nwarmup_seq_lengths = [16]\n' \
+  # as much again as the fixture itself, and would compete with it. ORT's threads sleep instead of spinning: an
+  # emulated spin loop burns the host cores the other emulated thread needs.
+  printf '[model]\ndir = "%s"\n[ort]\nlibrary_path = "%s"\n[batcher]\nwarmup_seq_lengths = [16]\n[[devices]]\nep = "cpu"\nspin = false\n' \
     "$PWD/$MODEL_DIR" "$PWD/$lib" > "$config"
   local t0; t0=$(now)
   if [ "$arch" = aarch64 ]; then
@@ -149,6 +159,12 @@ serve() {
   [ ! -e "$socket" ] || die "$arch daemon left its socket $socket behind"
   step "$arch: SIGTERM -> exit 0, socket removed"
 }
+
+# The doctor's library probe (C API through dlopen) on aarch64: the library's version and providers.
+probe=$(unshare -m sh -c 'mount --bind "$0" /proc/cpuinfo && exec "$@"' "$work/cpuinfo" "${QEMU[@]}" \
+  "$ARM_BIN/akidbd" --probe-ort-library "$PWD/$ARM_ORT_LIB") || die "akidbd --probe-ort-library (aarch64) failed"
+step "aarch64: akidbd --probe-ort-library: $probe"
+case "$probe" in *'"version":"1.32.0"'*CPUExecutionProvider*) ;; *) die "unexpected probe answer: $probe" ;; esac
 
 serve aarch64
 arm_ready_s=$ready_s; arm_embed_s=$embed_s

@@ -343,20 +343,26 @@ pub fn providers_in(dir: &Path) -> Vec<EpKind> {
 /// (`akidbd --probe-ort-library PATH`), which also keeps a library that crashes while loading from taking the
 /// caller down.
 pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
-    let c_path =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| format!("{}: path contains a NUL byte", path.display()))?;
+    // The loader's own message for a library of another architecture is a misleading "No such file": say it.
+    match elf_machine(path)? {
+        Some(arch) if arch != std::env::consts::ARCH => {
+            return Err(format!("an {arch} library; this machine runs {}", std::env::consts::ARCH))
+        }
+        _ => {}
+    }
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "path contains a NUL byte".to_owned())?;
     // SAFETY: `c_path` is a valid NUL-terminated string. dlopen runs the library's initializers, which is the
     // point of the probe; the caller runs this in a child process for that reason.
     #[allow(unsafe_code)]
     let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if handle.is_null() {
-        return Err(format!("cannot load {}: {}", path.display(), dl_error()));
+        return Err(format!("cannot load it: {}", dl_error()));
     }
     // SAFETY: `handle` is a live handle from dlopen (never closed) and the symbol name is NUL-terminated.
     #[allow(unsafe_code)]
     let symbol = unsafe { libc::dlsym(handle, c"OrtGetApiBase".as_ptr()) };
     if symbol.is_null() {
-        return Err(format!("{} has no OrtGetApiBase: not an ONNX Runtime library", path.display()));
+        return Err("no OrtGetApiBase: not an ONNX Runtime library".into());
     }
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: OrtGetApiBase has this signature in every ONNX Runtime release (onnxruntime_c_api.h); the
@@ -364,7 +370,7 @@ pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
     #[allow(unsafe_code)]
     let api_base = unsafe { std::mem::transmute::<*mut libc::c_void, GetApiBase>(symbol)() };
     if api_base.is_null() {
-        return Err(format!("{}: OrtGetApiBase returned null", path.display()));
+        return Err("OrtGetApiBase returned null".into());
     }
     // SAFETY: `api_base` is non-null and points at the library's static OrtApiBase, whose two leading function
     // pointers are stable across ONNX Runtime versions. The version string is static and NUL-terminated.
@@ -393,7 +399,7 @@ pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
         if !status.0.is_null() {
             let message = CStr::from_ptr((api.GetErrorMessage)(status.0)).to_string_lossy().into_owned();
             (api.ReleaseStatus)(status.0);
-            return Err(format!("{}: GetAvailableProviders failed: {message}", path.display()));
+            return Err(format!("GetAvailableProviders failed: {message}"));
         }
         let names = (0..count.max(0) as usize)
             .map(|idx| CStr::from_ptr(*list.add(idx)).to_string_lossy().into_owned())
@@ -405,6 +411,31 @@ pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
         names
     };
     Ok(LibraryProbe { version, providers })
+}
+
+/// The architecture an ELF file is built for, in Rust's names ("x86_64", "aarch64", ...; None for others), or an
+/// error when the file cannot be read or is no ELF file.
+pub fn elf_machine(path: &Path) -> Result<Option<&'static str>, String> {
+    let mut header = [0u8; 20];
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
+    std::io::Read::read_exact(&mut file, &mut header).map_err(|_| "not an ELF shared object (too short)".to_owned())?;
+    if &header[..4] != b"\x7fELF" {
+        return Err("not an ELF shared object".into());
+    }
+    // e_machine is at offset 18, in the byte order EI_DATA (offset 5) names: 1 little-endian, 2 big-endian.
+    let machine = match header[5] {
+        2 => u16::from_be_bytes([header[18], header[19]]),
+        _ => u16::from_le_bytes([header[18], header[19]]),
+    };
+    Ok(match machine {
+        0x3e => Some("x86_64"),
+        0xb7 => Some("aarch64"),
+        0x28 => Some("arm"),
+        0x03 => Some("x86"),
+        0xf3 => Some("riscv64"),
+        0x15 => Some("powerpc64"),
+        _ => None,
+    })
 }
 
 /// dlerror()'s message, or a generic one.

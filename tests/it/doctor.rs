@@ -117,7 +117,7 @@ fn on_a_faked_jetson_the_doctor_names_the_release_the_libraries_and_each_fix() {
     crate::util::say(&report);
     for needle in [
         "jetson: NVIDIA Jetson AGX Orin Developer Kit, L4T R36.4.3 (JetPack 6)",
-        "capi/libonnxruntime.so.1.20.0 (Python package onnxruntime): cannot be loaded here: cannot load",
+        "capi/libonnxruntime.so.1.20.0 (Python package onnxruntime): cannot be loaded here: not an ELF shared object",
         "beside it: cuda, tensorrt  <- the configuration loads this one",
         "CUDA runtime (libcudart.so): 12.6.68",
         "cuDNN (libcudnn.so): 9.3.0",
@@ -126,7 +126,7 @@ fn on_a_faked_jetson_the_doctor_names_the_release_the_libraries_and_each_fix() {
         "hwmon1 ina3221 9.19 W",
         "17000000.gpu 1300 MHz",
         "tensorrt device: the monitor reads zone gpu-thermal",
-        "fix: use a library built for this machine's architecture",
+        "fix: install an ONNX Runtime >= 1.17 built for this machine",
         "verdict: the configured service could NOT start",
     ] {
         assert!(report.contains(needle), "{needle:?} missing from:\n{report}");

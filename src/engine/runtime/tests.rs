@@ -174,10 +174,24 @@ fn a_python_only_gpu_wheel_is_named_in_the_refusal() {
 fn probing_a_missing_or_foreign_file_is_an_error_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let missing = probe_library(&dir.path().join("libonnxruntime.so")).unwrap_err();
-    assert!(missing.contains("cannot load"), "{missing}");
+    assert!(missing.contains("cannot open it"), "{missing}");
     let not_elf = dir.path().join("libonnxruntime.so.1");
-    fs::write(&not_elf, b"not a library").unwrap();
-    assert!(probe_library(&not_elf).unwrap_err().contains("cannot load"));
+    fs::write(&not_elf, b"not a library at all").unwrap();
+    assert!(probe_library(&not_elf).unwrap_err().contains("not an ELF shared object"));
+    // An ELF header of the other architecture (x86_64 <-> aarch64) is named as such, not loaded.
+    let foreign = dir.path().join("libonnxruntime.so.2");
+    let mut header = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+    header.resize(18, 0);
+    let other: u16 = if std::env::consts::ARCH == "aarch64" { 0x3e } else { 0xb7 };
+    header.extend_from_slice(&other.to_le_bytes());
+    header.resize(64, 0);
+    fs::write(&foreign, &header).unwrap();
+    let said = probe_library(&foreign).unwrap_err();
+    assert!(said.contains("library; this machine runs"), "{said}");
+    assert_eq!(
+        elf_machine(Path::new(crate::engine::SETUP_ORT_LIBRARY)).unwrap(),
+        Some(std::env::consts::ARCH)
+    );
     // A real shared object that is not ONNX Runtime.
     let libc_path = [
         "/lib/x86_64-linux-gnu/libm.so.6",

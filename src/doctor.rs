@@ -118,7 +118,7 @@ pub fn examine(options: &DoctorOptions) -> Report {
     machine(&mut report, &options.root);
     let loaded = onnx_runtime(&mut report, options, &config);
     gpu_libraries(&mut report, &options.root, loaded.as_deref(), &options.search_env);
-    nvml(&mut report, &config);
+    nvml(&mut report, &config, jetson_info(&options.root).is_some());
     sensors(&mut report, options, &config);
     models(&mut report, &options.root, &config);
     socket(&mut report, &options.root, &config);
@@ -385,7 +385,7 @@ fn gpu_libraries(report: &mut Report, root: &Path, ort_library: Option<&Path>, e
     }
 }
 
-fn nvml(report: &mut Report, config: &Config) {
+fn nvml(report: &mut Report, config: &Config, jetson: bool) {
     let gpu = config
         .effective_devices()
         .iter()
@@ -401,8 +401,14 @@ fn nvml(report: &mut Report, config: &Config) {
         }
         Err(err) => {
             report.line(format!("\nNVML: unavailable ({err}); GPU temperature and power come from sysfs"));
-            if gpu {
+            if gpu && jetson {
                 report.line("  (expected on Jetson Orin, whose GPU NVML does not report; the monitor reads sysfs)");
+            } else if gpu {
+                report.problem(
+                    false,
+                    "NVML does not answer, so a GPU device has no NVML temperature, power or clocks",
+                    "install the NVIDIA driver's libnvidia-ml.so.1 (or set monitor.gpu_zones to sysfs zones of this GPU)",
+                );
             }
         }
     }

@@ -315,7 +315,7 @@ pub fn choose_gpu_library(inventory: &Inventory, wanted: &[EpKind]) -> Result<Fo
          JetPack (pip3 install it for JetPack's python3; its onnxruntime/capi/ holds the library and the \
          providers) or a JetPack container that ships it; on a desktop GPU, the onnxruntime-gpu package. Or set \
          ort.library_path to such a libonnxruntime.so. The CPU-only library `make setup` places is not used for \
-         a GPU device. `akidbd --doctor` lists what it finds.",
+         a GPU device unless the device lists \"cpu\" in its fallback. `akidbd --doctor` lists what it finds.",
     );
     Err(message)
 }

@@ -252,7 +252,10 @@ fn the_configured_library_wins_and_gpu_devices_never_get_the_setup_library() {
     assert!(gpu.why.contains("asks for tensorrt"), "{}", gpu.why);
     let empty = tempfile::tempdir().unwrap();
     let refused = resolve(&OrtConfig::default(), &trt, None, empty.path()).unwrap_err();
-    assert!(refused.contains("not used for a GPU device"), "{refused}");
+    assert!(
+        refused.contains("not used for a GPU device unless the device lists \"cpu\" in its fallback"),
+        "{refused}"
+    );
     // A device that asked to fall back to the CPU gets the CPU library, and is told why.
     let trt_or_cpu = [DeviceConfig {
         ep: EpKind::Tensorrt,

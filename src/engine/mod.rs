@@ -2,7 +2,8 @@
 //!
 //! A model directory is read by [`model`], texts are tokenized by [`tokenizer`], batches are run through an ONNX
 //! Runtime session by [`session`] on the execution provider [`ep`] chose, and the hidden states are pooled and
-//! normalized by [`pooling`].
+//! normalized by [`pooling`]. [`runtime`] finds the ONNX Runtime libraries of a machine and asks one
+//! what it was built with (the one FFI module outside ort).
 //!
 //! Architecture invariant: this module knows nothing of tokio, kameo, sockets or the wire protocol. Everything here
 //! is plain blocking code; the actors decide on which thread it runs.
@@ -11,6 +12,7 @@ pub(crate) mod ep;
 pub(crate) mod model;
 pub(crate) mod onnx_file;
 pub mod pooling;
+pub mod runtime;
 pub(crate) mod session;
 pub(crate) mod tokenizer;
 pub(crate) mod trt_cache;

@@ -31,6 +31,83 @@ fn entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     out
 }
 
+/// What [`SysfsSource`] would read on this machine: for `akidbd --doctor`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SysfsInventory {
+    /// Each thermal zone: its directory name, type and temperature in °C (None: unreadable).
+    pub zones: Vec<(String, String, Option<f64>)>,
+    /// Each INA power monitor: its hwmon directory name, chip name, and power in watts (None: no rail reads).
+    pub power_monitors: Vec<(String, String, Option<f64>)>,
+    /// Each GPU devfreq node: its name and clock in MHz.
+    pub gpu_clocks: Vec<(String, Option<f64>)>,
+}
+
+/// Lists the thermal zones, INA power monitors and GPU devfreq nodes under `root` (a sysfs mount), the same
+/// files the monitor reads.
+pub fn inventory(root: &Path) -> SysfsInventory {
+    let name_of = |path: &Path| path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let zones = entries(&root.join("class/thermal"), "thermal_zone")
+        .into_iter()
+        .map(|zone| {
+            let kind = fs::read_to_string(zone.join("type")).unwrap_or_default().trim().to_owned();
+            (name_of(&zone), kind, read_number(&zone.join("temp")).map(|milli| milli / 1000.0))
+        })
+        .collect();
+    let power_monitors = entries(&root.join("class/hwmon"), "hwmon")
+        .into_iter()
+        .filter_map(|hwmon| {
+            let chip = fs::read_to_string(hwmon.join("name")).ok()?.trim().to_owned();
+            chip.starts_with("ina")
+                .then(|| (name_of(&hwmon), chip, hwmon_power_uw(&hwmon).map(|uw| uw / 1_000_000.0)))
+        })
+        .collect();
+    let gpu_clocks = gpu_devfreq(root)
+        .into_iter()
+        .map(|node| (name_of(&node), read_number(&node.join("cur_freq")).map(|hz| hz / 1_000_000.0)))
+        .collect();
+    SysfsInventory {
+        zones,
+        power_monitors,
+        gpu_clocks,
+    }
+}
+
+/// The power one INA hwmon device reports, in microwatts: its `power*_input` files, or (INA3221) voltage (mV) ×
+/// current (mA) per channel.
+fn hwmon_power_uw(hwmon: &Path) -> Option<f64> {
+    let mut total_uw = 0.0;
+    let mut any = false;
+    for power in entries(hwmon, "power") {
+        if power.to_string_lossy().ends_with("_input") {
+            if let Some(uw) = read_number(&power) {
+                total_uw += uw;
+                any = true;
+            }
+        }
+    }
+    // INA3221 exposes voltage (mV) and current (mA) per rail instead of power.
+    for channel in 1..=3 {
+        let volts = read_number(&hwmon.join(format!("in{channel}_input")));
+        let amps = read_number(&hwmon.join(format!("curr{channel}_input")));
+        if let (Some(mv), Some(ma)) = (volts, amps) {
+            total_uw += mv * ma;
+            any = true;
+        }
+    }
+    any.then_some(total_uw)
+}
+
+/// The devfreq nodes that are a GPU (`*gpu*`, Jetson's `gv11b` / `ga10b`).
+fn gpu_devfreq(root: &Path) -> Vec<PathBuf> {
+    entries(&root.join("class/devfreq"), "")
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
+            name.contains("gpu") || name.contains("gv11b") || name.contains("ga10b")
+        })
+        .collect()
+}
+
 impl SysfsSource {
     /// The temperature of the first zone (in `zones` order) that reads, in °C (sysfs gives millidegrees).
     fn temperature(&self) -> Result<f64, String> {
@@ -64,22 +141,9 @@ impl SysfsSource {
             if !name.trim().starts_with("ina") {
                 continue;
             }
-            for power in entries(&hwmon, "power") {
-                if power.to_string_lossy().ends_with("_input") {
-                    if let Some(uw) = read_number(&power) {
-                        total_uw += uw;
-                        any = true;
-                    }
-                }
-            }
-            // INA3221 exposes voltage (mV) and current (mA) per rail instead of power.
-            for channel in 1..=3 {
-                let volts = read_number(&hwmon.join(format!("in{channel}_input")));
-                let amps = read_number(&hwmon.join(format!("curr{channel}_input")));
-                if let (Some(mv), Some(ma)) = (volts, amps) {
-                    total_uw += mv * ma;
-                    any = true;
-                }
+            if let Some(uw) = hwmon_power_uw(&hwmon) {
+                total_uw += uw;
+                any = true;
             }
         }
         any.then_some(total_uw / 1_000_000.0)
@@ -87,12 +151,8 @@ impl SysfsSource {
 
     /// The GPU's devfreq clock in MHz (sysfs gives Hz).
     fn gpu_clock(&self) -> Option<f64> {
-        entries(&self.root.join("class/devfreq"), "")
+        gpu_devfreq(&self.root)
             .into_iter()
-            .filter(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy().to_lowercase();
-                name.contains("gpu") || name.contains("gv11b") || name.contains("ga10b")
-            })
             .find_map(|p| read_number(&p.join("cur_freq")))
             .map(|hz| hz / 1_000_000.0)
     }
@@ -160,6 +220,18 @@ mod tests {
         );
         assert_eq!(reading.sm_clock_mhz, Some(918.0));
         assert_eq!(reading.unknown_reason, None);
+    }
+
+    #[test]
+    fn the_inventory_lists_what_the_monitor_reads() {
+        let tree = jetson_tree();
+        let found = inventory(tree.path());
+        let kinds: Vec<&str> = found.zones.iter().map(|(_, kind, _)| kind.as_str()).collect();
+        assert_eq!(kinds, ["cpu-thermal", "gpu-thermal", "tj-thermal"]);
+        assert_eq!(found.zones[1].2, Some(61.25));
+        assert_eq!(found.power_monitors, vec![("hwmon1".into(), "ina3221".into(), Some(8.0))]);
+        assert_eq!(found.gpu_clocks, vec![("17000000.gpu".into(), Some(918.0))]);
+        assert_eq!(inventory(Path::new("/nonexistent")), SysfsInventory::default());
     }
 
     #[test]

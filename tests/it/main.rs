@@ -9,6 +9,7 @@ mod cache;
 mod cclient;
 mod daemon;
 mod decoder;
+mod doctor;
 mod engine;
 mod hostile;
 mod http;

@@ -220,7 +220,9 @@ pub enum Pooling {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct OrtConfig {
-    /// Path to `libonnxruntime.so`; else `ORT_DYLIB_PATH`; else the library `make setup` placed.
+    /// Path to `libonnxruntime.so`; else `ORT_DYLIB_PATH`; else, when a device asks for tensorrt or cuda, the first
+    /// library found with that provider beside it (`engine::runtime`, README "Running on Jetson"); else the
+    /// library `make setup` placed.
     pub library_path: Option<PathBuf>,
 }
 

@@ -15,7 +15,7 @@ install -m 0644 README.md "$PREFIX/share/doc/akidb/"
 PREFIX="$PREFIX" DESTDIR= clients/c/install.sh
 if [ ! -f /etc/akidb/akidb.toml ]; then
   sed -e "s#^dir = \"models/all-MiniLM-L6-v2\"#dir = \"/usr/local/share/akidb/models/all-MiniLM-L6-v2\"#" \
-      -e "s#^\\# library_path = .*#library_path = \"$PREFIX/lib/akidb/libonnxruntime.so.1.32.0\"#" \
+      -e "s#^\\# library_path = .*#\\# The CPU library installed with akidbd. For a tensorrt or cuda device, remove this line: akidbd then\\n\\# searches for an ONNX Runtime with that provider (README \"Running on Jetson\"; akidbd --doctor).\\nlibrary_path = \"$PREFIX/lib/akidb/libonnxruntime.so.1.32.0\"#" \
       config/akidb.toml > /etc/akidb/akidb.toml
 fi
 getent group akidb >/dev/null || groupadd --system akidb

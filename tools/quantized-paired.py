@@ -113,9 +113,9 @@ def main():
         for d in daemons:
             with open(f"/proc/{d['proc'].pid}/status") as f:
                 d["peak_rss_mb"] = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
-            d["size_mb"] = os.path.getsize(os.path.join(args.model_dir, d["file"])) / 1e6 + sum(
-                os.path.getsize(os.path.join(args.model_dir, x)) / 1e6 for x in os.listdir(args.model_dir)
-                if x.startswith(d["file"]) and x.endswith("_data"))
+            # The graph and its external data files (named after it: model.onnx_data, model.onnx.data, ...).
+            d["size_mb"] = sum(os.path.getsize(os.path.join(args.model_dir, x)) / 1e6 for x in os.listdir(args.model_dir)
+                               if x.startswith(d["file"]) and not x.endswith(".json"))
     finally:
         for d in daemons:
             d["proc"].terminate()

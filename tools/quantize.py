@@ -84,6 +84,9 @@ def parse_args():
     parser.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                         help="keep MatMul nodes whose name matches in fp32 (repeatable)")
     parser.add_argument("--asymmetric", action="store_true", help="with zero points (default: symmetric)")
+    parser.add_argument("--qdq", action="store_true",
+                        help="write the weights as block-wise DequantizeLinear + MatMul (QDQ) instead of MatMulNBits "
+                             "(4 bits only)")
     parser.add_argument("--gather", action="store_true",
                         help="also the embedding table (Gather -> GatherBlockQuantized): a smaller file and less "
                              "memory; speed barely changes (only the rows of the input's tokens are read)")
@@ -102,7 +105,8 @@ def quantize(source, target, args):
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     excluded = [name for name in matmuls if any(re.search(p, name) for p in args.exclude)]
     config = DefaultWeightOnlyQuantConfig(block_size=args.block, is_symmetric=not args.asymmetric,
-                                          accuracy_level=args.accuracy_level, quant_format=QuantFormat.QOperator,
+                                          accuracy_level=args.accuracy_level,
+                                          quant_format=QuantFormat.QDQ if args.qdq else QuantFormat.QOperator,
                                           bits=args.bits,
                                           op_types_to_quantize=("MatMul", "Gather") if args.gather else None)
     quantizer = MatMulNBitsQuantizer(model, bits=args.bits, block_size=args.block, is_symmetric=not args.asymmetric,
@@ -113,7 +117,8 @@ def quantize(source, target, args):
     big = sum(t.ByteSize() for t in out.graph.initializer) > 1_800_000_000
     onnx.save_model(out, str(target), save_as_external_data=big, all_tensors_to_one_file=True,
                     location=target.name + "_data" if big else None)
-    quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits")
+    quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulNBits") + sum(
+        1 for n in out.graph.node if n.op_type == "DequantizeLinear")
     gathers = sum(1 for n in out.graph.node if n.op_type == "GatherBlockQuantized")
     return {"matmuls": len(matmuls), "quantized": quantized, "excluded": excluded, "gathers_quantized": gathers}
 
@@ -275,6 +280,8 @@ def report(model, source, target, summary, args):
 def main():
     args = parse_args()
     logging.disable(logging.INFO)  # the quantizer logs every node it skips
+    if args.qdq and args.bits != 4:
+        sys.exit("quantize: --qdq writes 4-bit blocks only (onnxruntime 1.32's quantizer leaves 8-bit QDQ unquantized)")
     directory = Path(args.model_dir)
     source = directory / (args.file or "model.onnx")
     if not source.exists():

@@ -256,21 +256,48 @@ fn onnx_runtime(report: &mut Report, options: &DoctorOptions, config: &Config) -
         &options.root,
         &options.search_env,
     );
+    let chosen = choice.as_ref().ok().map(|c| c.path.clone());
+    let chosen_probe = list_libraries(report, options, &setup, chosen.as_deref());
+    match choice {
+        Ok(choice) => {
+            report.line(format!("  loads: {} ({})", choice.path.display(), choice.why));
+            check_chosen(report, &choice.path, chosen_probe, &devices);
+            choice.path.is_file().then_some(choice.path)
+        }
+        Err(message) => {
+            report.line("  loads: nothing (no library has the provider a device asks for)");
+            report.problem(
+                true,
+                message,
+                "install a GPU build of ONNX Runtime (see README \"Running on Jetson\"), or set ort.library_path",
+            );
+            None
+        }
+    }
+}
+
+/// One line per ONNX Runtime library found (the one `make setup` placed, the search's, the configured one): its
+/// version and providers, what lies beside it, and which one the configuration loads; returns that one's probe.
+fn list_libraries(
+    report: &mut Report,
+    options: &DoctorOptions,
+    setup: &Path,
+    chosen: Option<&Path>,
+) -> Option<Result<LibraryProbe, String>> {
     let inventory = runtime::find_libraries(&options.root, &options.search_env);
     let mut listed: Vec<(PathBuf, String)> = inventory.libraries.iter().map(|l| (l.path.clone(), l.place.to_owned())).collect();
-    if setup.is_file() && !listed.iter().any(|(p, _)| same_file(p, &setup)) {
-        listed.insert(0, (setup.clone(), "make setup".into()));
+    if setup.is_file() && !listed.iter().any(|(p, _)| same_file(p, setup)) {
+        listed.insert(0, (setup.to_owned(), "make setup".into()));
     }
-    let chosen = choice.as_ref().ok().map(|c| c.path.clone());
-    if let Some(path) = chosen.as_ref().filter(|p| !listed.iter().any(|(q, _)| same_file(p, q))) {
-        listed.push((path.clone(), "configured".into()));
+    if let Some(path) = chosen.filter(|p| !listed.iter().any(|(q, _)| same_file(p, q))) {
+        listed.push((path.to_owned(), "configured".into()));
     }
     if listed.is_empty() {
         report.line("  found: none");
     }
     let mut chosen_probe = None;
     for (path, place) in &listed {
-        let is_chosen = chosen.as_ref().is_some_and(|c| same_file(c, path));
+        let is_chosen = chosen.is_some_and(|c| same_file(c, path));
         let probe = match (&options.prober, path.is_file()) {
             (_, false) => Some(Err("no such file".to_owned())),
             (Some(prober), true) => Some(probe_in_child(prober, path)),
@@ -288,22 +315,7 @@ fn onnx_runtime(report: &mut Report, options: &DoctorOptions, config: &Config) -
             chosen_probe = probe;
         }
     }
-    match choice {
-        Ok(choice) => {
-            report.line(format!("  loads: {} ({})", choice.path.display(), choice.why));
-            check_chosen(report, &choice.path, chosen_probe, &devices);
-            choice.path.is_file().then_some(choice.path)
-        }
-        Err(message) => {
-            report.line("  loads: nothing (no library has the provider a device asks for)");
-            report.problem(
-                true,
-                message,
-                "install a GPU build of ONNX Runtime (see README \"Running on Jetson\"), or set ort.library_path",
-            );
-            None
-        }
-    }
+    chosen_probe
 }
 
 /// Problems with the library the configuration loads: missing, unloadable, or without a provider a device asks for
@@ -456,6 +468,11 @@ fn sensors(report: &mut Report, options: &DoctorOptions, config: &Config) {
         "  GPU clocks (devfreq): {}",
         if clocks.is_empty() { "none".into() } else { clocks.join(", ") }
     ));
+    zones_read(report, config, &found);
+}
+
+/// Which zone the monitor would read for each device, and a problem where none is there.
+fn zones_read(report: &mut Report, config: &Config, found: &sysfs::SysfsInventory) {
     for device in config.effective_devices() {
         let gpu = matches!(device.ep, EpKind::Cuda | EpKind::Tensorrt);
         let wanted = if gpu {

@@ -90,6 +90,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
+    serve(config)
+}
+
+/// Runs the daemon on a tokio runtime with `server.io_threads` workers until a signal stops it; the exit code
+/// says how it ended.
+fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.io_threads())
         .enable_all()

@@ -350,6 +350,28 @@ pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
         }
         _ => {}
     }
+    let api_base = api_base(path)?;
+    // SAFETY: `api_base` is non-null and points at the library's static OrtApiBase, whose two leading function
+    // pointers are stable across ONNX Runtime versions. The version string is static and NUL-terminated.
+    #[allow(unsafe_code)]
+    let (version, api) = unsafe {
+        let base = &*api_base;
+        let version = CStr::from_ptr((base.GetVersionString)()).to_string_lossy().into_owned();
+        (version, (base.GetApi)(PROBE_API_VERSION))
+    };
+    if api.is_null() {
+        // Older than C API 17: the version is known, the providers are not asked.
+        return Ok(LibraryProbe {
+            version,
+            providers: Vec::new(),
+        });
+    }
+    let providers = available_providers(api)?;
+    Ok(LibraryProbe { version, providers })
+}
+
+/// Loads the library (never unloaded) and returns its `OrtApiBase`.
+fn api_base(path: &Path) -> Result<*const ort::sys::OrtApiBase, String> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| "path contains a NUL byte".to_owned())?;
     // SAFETY: `c_path` is a valid NUL-terminated string. dlopen runs the library's initializers, which is the
     // point of the probe; the caller runs this in a child process for that reason.
@@ -372,26 +394,16 @@ pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
     if api_base.is_null() {
         return Err("OrtGetApiBase returned null".into());
     }
-    // SAFETY: `api_base` is non-null and points at the library's static OrtApiBase, whose two leading function
-    // pointers are stable across ONNX Runtime versions. The version string is static and NUL-terminated.
-    #[allow(unsafe_code)]
-    let (version, api) = unsafe {
-        let base = &*api_base;
-        let version = CStr::from_ptr((base.GetVersionString)()).to_string_lossy().into_owned();
-        (version, (base.GetApi)(PROBE_API_VERSION))
-    };
-    if api.is_null() {
-        // Older than C API 17: the version is known, the providers are not asked.
-        return Ok(LibraryProbe {
-            version,
-            providers: Vec::new(),
-        });
-    }
+    Ok(api_base)
+}
+
+/// The execution providers the library was built with (its C API's `GetAvailableProviders`).
+fn available_providers(api: *const ort::sys::OrtApi) -> Result<Vec<String>, String> {
     // SAFETY: `api` is a non-null OrtApi of version >= 17, whose layout up to GetAvailableProviders /
     // ReleaseAvailableProviders is what ort-sys declares (the C API only ever appends). The provider array is read
     // within `count` and released by the library's own function; a status returned is released likewise.
     #[allow(unsafe_code)]
-    let providers = unsafe {
+    unsafe {
         let api = &*api;
         let mut list: *mut *mut libc::c_char = std::ptr::null_mut();
         let mut count: libc::c_int = 0;
@@ -408,9 +420,8 @@ pub fn probe_library(path: &Path) -> Result<LibraryProbe, String> {
         if !status.0.is_null() {
             (api.ReleaseStatus)(status.0);
         }
-        names
-    };
-    Ok(LibraryProbe { version, providers })
+        Ok(names)
+    }
 }
 
 /// The architecture an ELF file is built for, in Rust's names ("x86_64", "aarch64", ...; None for others), or an

@@ -88,9 +88,11 @@ setup_python() {
   fi
   # openai and prometheus-client: the third-party clients the HTTP surface is tested with (tests/it/http.rs);
   # onnx: builds the default model's fp32 graph (tools/default-model/build.py); onnxruntime and tokenizers:
-  # tools/quantize.py, which the quantized-model tests run (tests/it/quantized.rs).
+  # tools/quantize.py, which the quantized-model tests run (tests/it/quantized.rs); cmake and pkgconf: the C/C++
+  # client's CMake package and pkg-config file are tested with them where the machine has neither (tests/it/cclient.rs).
   "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check msgpack==1.2.4 numpy==2.3.5 \
       openai==3.57.0 prometheus-client==0.26.0 onnx==1.23.2 onnx-ir==1.1.0 onnxruntime==1.32.0 tokenizers==0.23.3 \
+      cmake==4.4.5 pkgconf==3.0.7.post0 \
     && "$PY_ENV/bin/python" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps ./tools/python \
     && echo "$stamp" > "$PY_ENV/.stamp" && echo "setup: akidb-client (tools/python), msgpack, numpy, openai -> $PY_ENV" \
     || echo "setup: could not install the Python client into $PY_ENV; its test will say so" >&2

@@ -10,7 +10,8 @@
 //! may be cut, and the text (a fixed 32 bytes, so a 10 MB text costs no more to cache than a word). The store is
 //! quick_cache's concurrent cache, bounded by a byte weight (key, vector and bookkeeping) and scan-resistant
 //! (its Clock-PRO / S3-FIFO policy keeps entries that are hit again over a stream of one-off entries: a bulk
-//! re-index does not flush the hot commands). What this module is not: a cache of replies, or of tokenization.
+//! re-index does not flush the hot commands). The store is split in shards by the key's hash, each with its
+//! share of the budget, so evictions can begin a little before the whole budget is used. What this module is not: a cache of replies, or of tokenization.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -226,8 +227,11 @@ mod tests {
     #[test]
     fn models_share_the_budget_and_are_counted_apart() {
         let entry = |dim: u64| 32 + ENTRY_OVERHEAD + 4 * dim;
+        // The store is sharded by the key's hash (a random seed), each shard with its part of the budget, and a
+        // shard holds at least 32 estimated entries: 5 + 5 entries fit in any one shard however they fall, so
+        // nothing is evicted on any machine (20 + 20 in 4 shards overflowed one now and then).
         let cache = EmbedCache::new(50 * entry(1024), 384, vec!["small".into(), "big".into()]);
-        for i in 0..20u32 {
+        for i in 0..5u32 {
             let key = EmbedCache::key("small", None, true, &i.to_string());
             cache.insert(
                 key,
@@ -253,8 +257,8 @@ mod tests {
             .is_some_and(|c| c.vector.len() == 1024));
         let stats = cache.stats();
         let (small, big) = (stats.per_model["small"], stats.per_model["big"]);
-        assert_eq!((small.entries, big.entries, small.hits, big.hits), (20, 20, 1, 1));
-        assert_eq!((small.bytes, big.bytes), (20 * entry(384), 20 * entry(1024)));
+        assert_eq!((small.entries, big.entries, small.hits, big.hits), (5, 5, 1, 1));
+        assert_eq!((small.bytes, big.bytes), (5 * entry(384), 5 * entry(1024)));
         assert_eq!(stats.bytes, small.bytes + big.bytes);
     }
 

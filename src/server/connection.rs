@@ -242,16 +242,27 @@ async fn answer(handle: &DaemonHandle, policy: &ConnectionPolicy, request: Reque
 pub(crate) async fn serve_embed(handle: &DaemonHandle, embed: EmbedRequest, received: Instant) -> Result<EmbedDone, ServeError> {
     let (priority, n_inputs) = (embed.priority, embed.inputs.len());
     let outcome = handle.embed(job(embed, received)).await;
+    let served = outcome.as_ref().map(|done| (done.model, done.tokens));
+    record_outcome(handle, priority, n_inputs, received, served);
+    outcome
+}
+
+/// Records a request that reached the actors in the status figures: by the model that served it and its tokens,
+/// or by its error code.
+pub(crate) fn record_outcome(
+    handle: &DaemonHandle,
+    priority: Priority,
+    n_inputs: usize,
+    received: Instant,
+    served: Result<(usize, usize), &ServeError>,
+) {
     let latency = received.elapsed();
-    match &outcome {
-        Ok(done) => handle
-            .state
-            .record_reply(Some((priority, done.model)), latency, n_inputs, done.tokens, None),
+    match served {
+        Ok((model, tokens)) => handle.state.record_reply(Some((priority, model)), latency, n_inputs, tokens, None),
         Err(err) => handle
             .state
             .record_reply(Some((priority, 0)), latency, n_inputs, 0, Some(error_code(err))),
     }
-    outcome
 }
 
 /// An embed request the daemon refuses before doing any work on it: read while the daemon is stopping

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::connection::{self, error_code};
+use super::connection;
 use crate::actors::{DaemonHandle, EmbedJob, ServeError};
 use crate::engine::{EmbedOptions, Task};
 use crate::protocol::message::{RerankReply, RerankRequest, RerankResult, Timing};
@@ -42,15 +42,8 @@ pub(crate) async fn serve_rerank(handle: &DaemonHandle, rerank: RerankRequest, r
         Ok(model) => serve(handle, rerank, model, received).await,
         Err(err) => Err(err),
     };
-    let latency = received.elapsed();
-    match &outcome {
-        Ok(done) => handle
-            .state
-            .record_reply(Some((priority, done.model)), latency, n_inputs, done.tokens, None),
-        Err(err) => handle
-            .state
-            .record_reply(Some((priority, 0)), latency, n_inputs, 0, Some(error_code(err))),
-    }
+    let served = outcome.as_ref().map(|done| (done.model, done.tokens));
+    connection::record_outcome(handle, priority, n_inputs, received, served);
     outcome
 }
 

@@ -63,48 +63,23 @@ fn a_daemon_restart_is_reported_then_survived() {
     let socket_dir = tempfile::tempdir().unwrap();
     let socket = socket_dir.path().join("embed.sock");
     let mut daemon = start_at(&socket);
-    let mut command = Command::new(&programs.cpp);
-    let mut child = sanitized(&mut command)
-        .arg("restart")
-        .arg(&socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut to_child = child.stdin.take().unwrap();
-    let mut from_child = BufReader::new(child.stdout.take().unwrap());
-    let mut expect = |want: &str| {
-        let mut line = String::new();
-        from_child.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), want, "the C++ client said {line:?}");
-    };
-
-    expect("embedded");
+    let mut host = Stepped::spawn(&programs.cpp, "restart", &socket);
+    host.expect("embedded");
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
-    writeln!(to_child, "killed").unwrap();
-    expect("reported");
+    host.tell("killed");
+    host.expect("reported");
 
     drop(daemon);
     let daemon = start_at(&socket);
-    writeln!(to_child, "restarted").unwrap();
-    expect("reconnected");
+    host.tell("restarted");
+    host.expect("reconnected");
 
     drop(daemon);
     let _daemon = start_at(&socket);
-    writeln!(to_child, "restarted").unwrap();
-    expect("done");
-    drop(to_child);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut from_child, &mut stdout).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{}: {stdout}\n{stderr}", output.status);
-    assert!(
-        stdout.contains("cpp restart:") && stdout.contains(" 0 failed"),
-        "{stdout}\n{stderr}"
-    );
+    host.tell("restarted");
+    host.expect("done");
+    host.finish("cpp restart:");
 }
 
 /// A daemon that stops answering (SIGSTOP) under a connected client: the call returns `AKIDB_TIMEOUT` after the
@@ -113,37 +88,65 @@ fn a_daemon_restart_is_reported_then_survived() {
 fn a_stalled_daemon_times_out_then_recovers() {
     let programs = programs();
     let daemon = Daemon::start("");
-    let mut command = Command::new(&programs.cpp);
-    let mut child = sanitized(&mut command)
-        .arg("stall")
-        .arg(&daemon.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut to_child = child.stdin.take().unwrap();
-    let mut from_child = BufReader::new(child.stdout.take().unwrap());
-    let mut expect = |want: &str| {
-        let mut line = String::new();
-        from_child.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), want, "the C++ client said {line:?}");
-    };
-    expect("embedded");
+    let mut host = Stepped::spawn(&programs.cpp, "stall", &daemon.socket);
+    host.expect("embedded");
     daemon.signal("STOP");
     wait_for_state(daemon.pid(), 'T');
-    writeln!(to_child, "stopped").unwrap();
-    expect("timed_out");
+    host.tell("stopped");
+    host.expect("timed_out");
     daemon.signal("CONT");
-    writeln!(to_child, "continued").unwrap();
-    expect("done");
-    drop(to_child);
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut from_child, &mut stdout).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{}: {stdout}\n{stderr}", output.status);
-    assert!(stdout.contains("cpp stall:") && stdout.contains(" 0 failed"), "{stdout}\n{stderr}");
+    host.tell("continued");
+    host.expect("done");
+    host.finish("cpp stall:");
+}
+
+/// A test program run step by step: it prints one line after each step and waits for the test to say, on its
+/// stdin, what was done to the daemon meanwhile.
+struct Stepped {
+    child: std::process::Child,
+    to_child: Option<std::process::ChildStdin>,
+    from_child: BufReader<std::process::ChildStdout>,
+}
+
+impl Stepped {
+    fn spawn(program: &Path, mode: &str, socket: &Path) -> Stepped {
+        let mut command = Command::new(program);
+        let mut child = sanitized(&mut command)
+            .arg(mode)
+            .arg(socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let to_child = child.stdin.take();
+        let from_child = BufReader::new(child.stdout.take().unwrap());
+        Stepped {
+            child,
+            to_child,
+            from_child,
+        }
+    }
+
+    fn expect(&mut self, want: &str) {
+        let mut line = String::new();
+        self.from_child.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), want, "the program said {line:?}");
+    }
+
+    fn tell(&mut self, what: &str) {
+        writeln!(self.to_child.as_mut().unwrap(), "{what}").unwrap();
+    }
+
+    /// Closes its stdin, waits for it to exit, and checks that it passed every check (`PREFIX N passed, 0 failed`).
+    fn finish(mut self, prefix: &str) {
+        drop(self.to_child.take());
+        let mut stdout = Vec::new();
+        std::io::Read::read_to_end(&mut self.from_child, &mut stdout).unwrap();
+        let mut output = self.child.wait_with_output().unwrap();
+        output.stdout = stdout;
+        assert_passed(&output, prefix);
+    }
 }
 
 /// `make install-client` as a user runs it (the debug build, to spare a release build here), then the example

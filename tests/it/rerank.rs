@@ -267,6 +267,7 @@ fn http_rerank_in_tei_and_cohere_shapes() {
     assert_eq!(order, case.rank);
     let best = &tei[0];
     assert!((best["score"].as_f64().unwrap() - case.scores[case.rank[0] as usize]).abs() <= 1e-5);
+    assert_shortest_f32(tei.as_array().unwrap().iter().map(|r| &r["score"]));
     assert_eq!(best["text"], case.documents[case.rank[0] as usize]);
     // TEI does not truncate unless asked: the long pairs are refused, with the input named.
     let (status, refused) = post("/rerank", serde_json::json!({"query": case.query, "texts": case.documents}));
@@ -302,6 +303,7 @@ fn http_rerank_in_tei_and_cohere_shapes() {
     );
     assert!((results[0]["relevance_score"].as_f64().unwrap() - case.scores[case.rank[0] as usize]).abs() <= 1e-5);
     assert_eq!(results[0]["document"]["text"], case.documents[case.rank[0] as usize]);
+    assert_shortest_f32(results.iter().map(|r| &r["relevance_score"]));
     assert_eq!(cohere["model"], "reranker");
     // The other task and an unknown model keep their codes.
     let (status, wrong) = post(
@@ -345,4 +347,16 @@ fn akictl_and_the_python_client_rerank() {
     eprintln!("python rerank:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+/// Scores are f32s written as their shortest text ("0.8367496"), not as widened f64s ("0.8367496132850647").
+fn assert_shortest_f32<'a>(scores: impl Iterator<Item = &'a Value>) {
+    for score in scores {
+        let value = score.as_f64().unwrap();
+        assert_eq!(
+            value.to_string(),
+            (value as f32).to_string(),
+            "{score} is not an f32's shortest text"
+        );
+    }
 }

@@ -43,6 +43,16 @@ struct CohereDocument<'a> {
     text: &'a str,
 }
 
+/// The whole `POST /v1/rerank` answer, typed (through `json!` its f32 scores would be written as widened f64s).
+#[derive(Serialize)]
+struct CohereReply<'a> {
+    id: String,
+    model: String,
+    results: Vec<CohereResult<'a>>,
+    usage: serde_json::Value,
+    meta: serde_json::Value,
+}
+
 /// `POST /rerank` as text-embeddings-inference takes it.
 #[derive(Debug, Deserialize)]
 struct TeiRequest {
@@ -143,16 +153,14 @@ pub(super) async fn cohere(State(app): State<App>, headers: HeaderMap, body: Bod
             })
             .collect();
         let id = format!("akidb-rerank-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-        Ok::<_, ApiError>(
-            Json(json!({
-                "id": id,
-                "model": model,
-                "results": results,
-                "usage": { "total_tokens": done.tokens },
-                "meta": { "billed_units": { "search_units": 1 } },
-            }))
-            .into_response(),
-        )
+        let reply = CohereReply {
+            id,
+            model,
+            results,
+            usage: json!({ "total_tokens": done.tokens }),
+            meta: json!({ "billed_units": { "search_units": 1 } }),
+        };
+        Ok::<_, ApiError>(Json(reply).into_response())
     }
     .await;
     outcome.unwrap_or_else(|err| err.answer(&app, received))

@@ -3,9 +3,11 @@
 # aarch64-unknown-linux-gnu (release), fetches the aarch64 ONNX Runtime library through tools/setup.sh
 # (AKIDB_SETUP_ARCH=aarch64), and runs both binaries under qemu-user on the default model:
 #   - the emulated daemon reaches READY; `akictl status` and `akictl health` (aarch64, emulated) answer 0;
-#   - it embeds tests/data/minilm-sample.jsonl's 38 texts, and every vector has a cosine >= MIN_COSINE to the
-#     native x86_64 build's vector of the same text (run here, in this script) and to sentence-transformers'
-#     reference in the fixture;
+#   - it embeds texts of tests/data/minilm-sample.jsonl, and every vector has a cosine >= MIN_COSINE to the native
+#     x86_64 build's vector of the same text (run here, in this script) and to sentence-transformers' reference in
+#     the fixture. By default the fixture's texts under 128 words (1 to ~240 tokens) and its first two longer
+#     ones (truncated at the model's 256 tokens): emulated embedding is ~100x slower than native and the long
+#     texts are most of its time. CROSS_CHECK_TEXTS=all embeds all 38 (5-7 minutes emulated);
 #   - SIGTERM stops it with exit 0 and the socket removed.
 # Prints the figures and writes them to target/cross-check.json. Installs what is missing (the rustup target; the
 # Debian packages gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu, qemu-user-static). Needs root: ONNX Runtime's CPU
@@ -20,6 +22,7 @@ TARGET=aarch64-unknown-linux-gnu
 MIN_COSINE=${MIN_COSINE:-0.9999}
 READY_TIMEOUT_S=${READY_TIMEOUT_S:-180}
 FIXTURE=tests/data/minilm-sample.jsonl
+CROSS_CHECK_TEXTS=${CROSS_CHECK_TEXTS:-short-and-two-long}
 MODEL_DIR=models/all-MiniLM-L6-v2
 ARM_ORT_DIR=target/cross/aarch64/onnxruntime
 ARM_ORT_LIB=$ARM_ORT_DIR/libonnxruntime.so.1.32.0
@@ -99,14 +102,25 @@ trap cleanup EXIT
     printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x3\nCPU part\t: 0xd0c\nCPU revision\t: 1\n\n'
   done
 } > "$work/cpuinfo"
-python3 -c "
-import json
-with open('$work/texts.txt', 'w') as out:
-    for line in open('$FIXTURE'):
-        text = json.loads(line)['text']
-        assert '\n' not in text, 'fixture texts are one line each'
-        out.write(text + '\n')
-"
+python3 - "$FIXTURE" "$CROSS_CHECK_TEXTS" "$work/fixture.jsonl" "$work/texts.txt" <<'PY'
+import json, sys
+fixture, which, out_fixture, out_texts = sys.argv[1:5]
+if which not in ("all", "short-and-two-long"):
+    sys.exit(f"cross-check: CROSS_CHECK_TEXTS is 'all' or 'short-and-two-long', not {which!r}")
+chosen, long_taken = [], 0
+for line in open(fixture):
+    text = json.loads(line)["text"]
+    assert "\n" not in text, "fixture texts are one line each"
+    if which == "all" or len(text.split()) < 128:
+        chosen.append(line)
+    elif long_taken < 2:
+        chosen.append(line)
+        long_taken += 1
+with open(out_fixture, "w") as f:
+    f.writelines(chosen)
+with open(out_texts, "w") as f:
+    f.writelines(json.loads(line)["text"] + "\n" for line in chosen)
+PY
 n_texts=$(wc -l < "$work/texts.txt")
 [ "$n_texts" -ge 1 ] || die "no texts in $FIXTURE"
 
@@ -172,14 +186,14 @@ serve x86_64
 x86_ready_s=$ready_s; x86_embed_s=$embed_s
 
 total_s=$(since "$started_at")
-python3 - "$FIXTURE" "$work/aarch64.jsonl" "$work/x86_64.jsonl" "$OUT_JSON" "$MIN_COSINE" \
+python3 - "$work/fixture.jsonl" "$work/aarch64.jsonl" "$work/x86_64.jsonl" "$OUT_JSON" "$MIN_COSINE" \
   "$arm_ready_s" "$arm_embed_s" "$x86_ready_s" "$x86_embed_s" "$build_s" "$total_s" "$(lscpu | sed -n 's/^Model name: *//p' | head -1)" \
-  "$(qemu-aarch64-static --version | head -1)" <<'PY'
+  "$(qemu-aarch64-static --version | head -1)" "$CROSS_CHECK_TEXTS" <<'PY'
 import json, math, sys
 fixture, arm_path, x86_path, out_path = sys.argv[1:5]
 min_cos = float(sys.argv[5])
 arm_ready, arm_embed, x86_ready, x86_embed, build_s, total_s = map(float, sys.argv[6:12])
-host_cpu, qemu = sys.argv[12:14]
+host_cpu, qemu, selection = sys.argv[12:15]
 ref = [json.loads(line) for line in open(fixture)]
 arm = [json.loads(line) for line in open(arm_path)]
 x86 = [json.loads(line) for line in open(x86_path)]
@@ -202,6 +216,7 @@ figures = {
     "emulator": qemu + " -cpu neoverse-n1",
     "host_cpu": host_cpu,
     "texts": len(ref),
+    "text_selection": selection,
     "min_cosine_aarch64_vs_x86_64": arm_x86,
     "min_cosine_aarch64_vs_sentence_transformers": arm_ref,
     "min_cosine_x86_64_vs_sentence_transformers": x86_ref,

@@ -1,6 +1,6 @@
 """Where one run of the model spends its time in onnxruntime, per operator type (ORT's own profiler).
 
-    /work/venv-torch/bin/python tools/decoder-fixture/op_profile.py MODEL_DIR [--batch 1] [--long] [--runs 6]
+    /work/venv-torch/bin/python tools/decoder-fixture/op_profile.py MODEL_DIR [--file model.onnx] [--batch 1] [--long] [--runs 6]
 
 Runs the model in this process with onnxruntime's defaults (as peers.ort_embedder feeds it) on short sentences (or
 ~180-token passages with --long), `--runs` times after one untimed run, and prints the mean run time, the sum of
@@ -26,9 +26,10 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--long", action="store_true", help="passages of ~180 tokens instead of short sentences")
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--file", default="model.onnx", help="the graph inside MODEL_DIR (e.g. model_q8_b32.onnx)")
     args = parser.parse_args()
     prefix = os.path.join("/tmp", f"akidb-profile-{os.getpid()}")
-    embed = peers.ort_embedder(args.model_dir, profile_prefix=prefix)
+    embed = peers.ort_embedder(args.model_dir, profile_prefix=prefix, file=args.file)
     pool = peers.long_texts(40) if args.long else peers.short_texts(200)
     embed(pool[:args.batch])  # the shape's first run
     for r in range(1, args.runs + 1):

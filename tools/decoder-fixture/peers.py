@@ -75,10 +75,10 @@ def max_tokens(model_dir):
     return 8192
 
 
-def ort_embedder(model_dir, profile_prefix=None):
+def ort_embedder(model_dir, profile_prefix=None, file="model.onnx"):
     """The model in this process with onnxruntime's defaults: embed(texts) -> unit vectors (left padding,
     last-token pooling, as akidbd serves a decoder); embed.session is the session. With profile_prefix, ORT's
-    profiler records every run (op_profile.py)."""
+    profiler records every run (op_profile.py). `file`: the graph inside model_dir (a quantized one, say)."""
     import numpy as np
     import onnxruntime as ort
     from tokenizers import Tokenizer
@@ -86,7 +86,7 @@ def ort_embedder(model_dir, profile_prefix=None):
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    session = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), options,
+    session = ort.InferenceSession(os.path.join(model_dir, file), options,
                                    providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
     tok.enable_truncation(max_tokens(model_dir))  # as akidbd and sentence-transformers truncate

@@ -3,6 +3,7 @@
 
     tools/quantize.py MODEL_DIR --bits 4|8 [--block 32] [--accuracy-level 4] [--exclude REGEX ...]
                       [--asymmetric] [--file model.onnx] [--out NAME.onnx]
+    tools/quantize.py MODEL_DIR --dynamic [--per-channel] [--exclude REGEX ...]
 
 Writes MODEL_DIR/model_q{bits}_b{block}.onnx (or --out): every MatMul with a constant weight becomes
 onnxruntime's com.microsoft MatMulNBits (RTN: round to nearest, a scale per block of `--block` weights along K,
@@ -10,10 +11,18 @@ symmetric unless --asymmetric; `--accuracy-level 4` lets onnxruntime's CPU kerne
 and block at run time and use integer dot products, so a vector never depends on its batch). MatMuls whose node
 name matches an --exclude regex stay fp32: keep there the layers the report shows hurt.
 
+--dynamic writes MODEL_DIR/model_dynamic_int8.onnx instead: onnxruntime's dynamic quantization (int8 weights, per
+tensor or --per-channel; activations quantized at run time with one scale per tensor, MatMulInteger). Its integer
+GEMM is the one onnxruntime runs on AMX and VNNI, so on such CPUs it can be several times faster than the
+block-wise files; but the activation scale covers the whole batch, so a text's vector depends on what it is
+batched with. The report measures that (batch_dependence) for every file.
+
 Then it writes MODEL_DIR/<out>.report.json and prints it:
   - cosine of the quantized model's vectors to the original file's (min, mean; per kind of text and the worst
     texts) on the held-out texts below, which ship with the tool: short robot commands of 1-7 tokens, passages of
     50-250 tokens, and queries (behind the model's "query" prompt when it has one);
+  - batch dependence: the short texts' vectors embedded alone against the same texts in one padded batch with
+    passages (min cosine; 1.0 for the block-wise files, below it for --dynamic);
   - size on disk of both files;
   - engine speed on this machine: in-process onnxruntime, one text at a time, both files, interleaved.
 For a cross-encoder (a reranker directory) the report compares the logits of (query, passage) pairs instead.
@@ -32,6 +41,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.quantization import QuantType
+from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 from onnxruntime.quantization.quant_utils import QuantFormat
 from tokenizers import Tokenizer
@@ -77,7 +88,10 @@ QUERIES = [
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir")
-    parser.add_argument("--bits", type=int, choices=[4, 8], required=True)
+    parser.add_argument("--bits", type=int, choices=[4, 8], help="block-wise MatMulNBits weights (4 or 8 bits)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="onnxruntime's dynamic int8 (MatMulInteger, per-tensor activations) instead of --bits")
+    parser.add_argument("--per-channel", action="store_true", help="with --dynamic: a weight scale per channel")
     parser.add_argument("--block", type=int, default=32, help="weights per scale along K (16-256, a power of 2)")
     parser.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
                         help="MatMulNBits accuracy_level: 4 = int8 compute (default), 1 = fp32, 0 = unset")
@@ -97,10 +111,35 @@ def parse_args():
                         help="also the min cosine to reference vectors (lines with text and embedding, e.g. "
                              "sentence-transformers' of the source model), one text at a time")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved speed rounds per load (default 3)")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.dynamic == (args.bits is not None):
+        parser.error("give --bits 4|8 (block-wise) or --dynamic, one of them")
+    if args.dynamic and (args.qdq or args.gather or args.asymmetric):
+        parser.error("--dynamic takes no --qdq, --gather or --asymmetric (those are block-wise options)")
+    if args.per_channel and not args.dynamic:
+        parser.error("--per-channel goes with --dynamic")
+    if args.dynamic:
+        args.bits, args.block, args.accuracy_level = 8, None, None
+    return args
+
+
+def quantize_dynamic(source, target, args):
+    model = onnx.load(str(source), load_external_data=False)
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
+    excluded = [name for name in matmuls if any(re.search(p, name) for p in args.exclude)]
+    big = file_bytes(source) > 1_800_000_000
+    ort_quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=args.per_channel,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded, use_external_data_format=big,
+                         # graphs with onnxruntime's fused (com.microsoft) ops defeat shape inference: fp32 it is
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    out = onnx.load(str(target), load_external_data=False)
+    quantized = sum(1 for n in out.graph.node if n.op_type == "MatMulInteger")
+    return {"matmuls": len(matmuls), "quantized": quantized, "excluded": excluded, "gathers_quantized": 0}
 
 
 def quantize(source, target, args):
+    if args.dynamic:
+        return quantize_dynamic(source, target, args)
     model = onnx.load(str(source))
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
     excluded = [name for name in matmuls if any(re.search(p, name) for p in args.exclude)]
@@ -172,8 +211,8 @@ class Model:
         return value.reshape(-1), len(encoding.ids)
 
 
-def batch_run(session, model, texts):
-    """One padded batch of plain texts (right padding), as an encoder is served; returns seconds."""
+def batch_feeds(session, model, texts):
+    """One right-padded batch of plain texts, as an encoder is served: (the session's feeds, the encodings)."""
     encodings = [model.tokenizer.encode(t) for t in texts]
     width = max(len(e.ids) for e in encodings)
     ids = np.zeros((len(texts), width), dtype=np.int64)
@@ -184,9 +223,41 @@ def batch_run(session, model, texts):
     names = {i.name for i in session.get_inputs()}
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
              "position_ids": np.tile(np.arange(width, dtype=np.int64), (len(texts), 1))}
+    return {k: v for k, v in feeds.items() if k in names}, encodings
+
+
+def batch_run(session, model, texts):
+    """One padded batch of plain texts run once; returns seconds."""
+    feeds, _ = batch_feeds(session, model, texts)
     started = time.perf_counter()
-    session.run(None, {k: v for k, v in feeds.items() if k in names})
+    session.run(None, feeds)
     return time.perf_counter() - started
+
+
+def batch_vectors(session, model, texts):
+    """Pooled vectors of one right-padded batch of plain texts, the way the daemon pools a batch."""
+    feeds, encodings = batch_feeds(session, model, texts)
+    outputs = {o.name for o in session.get_outputs()}
+    name = next(n for n in ["sentence_embedding", "last_hidden_state", "token_embeddings"] if n in outputs)
+    value = session.run([name], feeds)[0].astype(np.float64)
+    if value.ndim == 2:
+        return list(value)
+    vectors = []
+    for row, e in enumerate(encodings):
+        n = len(e.ids)
+        vectors.append({"mean": value[row, :n].mean(0), "cls": value[row, 0], "last": value[row, n - 1]}[model.pooling])
+    return vectors
+
+
+def batch_dependence(model, session):
+    """Min cosine of the short texts' vectors alone to the same texts batched with passages (padded to the longest)."""
+    texts = SHORT[:16]
+    batched = batch_vectors(session, model, texts + PASSAGES[:4])[:len(texts)]
+    scores = []
+    for text, b in zip(texts, batched):
+        a, _ = model.run(session, text)
+        scores.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))))
+    return {"texts": len(scores), "batched_with": "4 passages", "min": min(scores), "mean": float(np.mean(scores))}
 
 
 def loads_speed(model, sessions, rounds):
@@ -246,6 +317,8 @@ def report(model, source, target, summary, args):
     metric = "1 - |logit difference|" if model.reranker else "cosine"
     extra = {}
     if not model.reranker:
+        extra["batch_dependence"] = {"source": batch_dependence(model, sessions[0]),
+                                     "quantized": batch_dependence(model, sessions[1])}
         extra["loads"] = loads_speed(model, sessions, args.rounds)
         if args.references:
             extra["to_references"] = reference_cosines(model, sessions[1], args.references)
@@ -253,6 +326,8 @@ def report(model, source, target, summary, args):
         "model_dir": str(model.dir),
         "source": source.name,
         "quantized": target.name,
+        "scheme": "dynamic int8 (MatMulInteger, per-tensor activations)" if args.dynamic else "block-wise (MatMulNBits)",
+        "per_channel": bool(args.per_channel) if args.dynamic else None,
         "bits": args.bits,
         "block": args.block,
         "accuracy_level": args.accuracy_level,
@@ -279,16 +354,19 @@ def report(model, source, target, summary, args):
 
 def main():
     args = parse_args()
-    logging.disable(logging.INFO)  # the quantizer logs every node it skips
+    logging.disable(logging.WARNING)  # the quantizers log every node they skip or cannot type
     if args.qdq and args.bits != 4:
         sys.exit("quantize: --qdq writes 4-bit blocks only (onnxruntime 1.32's quantizer leaves 8-bit QDQ unquantized)")
     directory = Path(args.model_dir)
     source = directory / (args.file or "model.onnx")
     if not source.exists():
         sys.exit(f"quantize: {source} is missing")
-    target = directory / (args.out or f"model_q{args.bits}_b{args.block}.onnx")
+    default = (f"model_dynamic_int8{'_pc' if args.per_channel else ''}.onnx" if args.dynamic
+               else f"model_q{args.bits}_b{args.block}.onnx")
+    target = directory / (args.out or default)
     summary = quantize(source, target, args)
-    print(f"quantize: {summary['quantized']} of {summary['matmuls']} MatMuls -> int{args.bits} block {args.block}: {target}")
+    scheme = "dynamic int8" if args.dynamic else f"int{args.bits} block {args.block}"
+    print(f"quantize: {summary['quantized']} of {summary['matmuls']} MatMuls -> {scheme}: {target}")
     if args.no_report:
         return
     result = report(Model(directory), source, target, summary, args)

@@ -8,7 +8,8 @@ the files taking turns request by request, so that this machine's drift falls on
 The first file is the reference. Each file gets its own akidbd (target/release/akidbd, `model.file`, default
 settings, cache off in every request); they start one after the other (READY: from exec to `health` ready) and
 then all stay up. Measured per file:
-  - one short query at a time: p50 and p95 over `rounds` x 5 requests, the files alternating request by request;
+  - one short query at a time (with the query prompt) and one robot command at a time (1-7 tokens, no prompt):
+    p50 and p95 over `rounds` x 5 requests each, the files alternating request by request;
   - 8 clients x 8 short texts and 2 clients x 8 passages, each a whole `akictl bench` load (a Rust client),
     the files alternating load by load: texts per second, median over the rounds;
   - peak RSS (VmHWM) of each daemon at the end;
@@ -81,19 +82,21 @@ def main():
             cos = np.concatenate([(v * vectors[0]).sum(1) / (np.linalg.norm(v, axis=1) * np.linalg.norm(vectors[0], axis=1)),
                                   (q * qvectors[0]).sum(1) / (np.linalg.norm(q, axis=1) * np.linalg.norm(qvectors[0], axis=1))])
             d["cosine_to_first"] = {"min": float(cos.min()), "mean": float(cos.mean()), "texts": int(cos.size)}
-        # One short query at a time, the files alternating request by request.
-        latencies = [[] for _ in daemons]
-        for r in range(args.rounds):
-            for k in range(5):
-                for i, c in enumerate(clients):
-                    started = time.perf_counter()
-                    c.embed([f"{QUERIES[(r + k) % len(QUERIES)]} {r}"], cache=False, prompt_name=prompt)
-                    latencies[i].append(time.perf_counter() - started)
-                    time.sleep(0.05)
-        for d, lat in zip(daemons, latencies):
-            lat.sort()
-            d["one_short_p50_ms"] = lat[len(lat) // 2] * 1e3
-            d["one_short_p95_ms"] = lat[int(len(lat) * 0.95)] * 1e3
+        # One short query at a time (with the query prompt, ~30 tokens for a Qwen3 model), then one robot command
+        # at a time (1-7 tokens, no prompt), the files alternating request by request.
+        for key, texts, prompt_name in (("one_short", QUERIES, prompt), ("one_command", SHORT, None)):
+            latencies = [[] for _ in daemons]
+            for r in range(args.rounds):
+                for k in range(5):
+                    for i, c in enumerate(clients):
+                        started = time.perf_counter()
+                        c.embed([f"{texts[(r * 5 + k) % len(texts)]} {r}"], cache=False, prompt_name=prompt_name)
+                        latencies[i].append(time.perf_counter() - started)
+                        time.sleep(0.05)
+            for d, lat in zip(daemons, latencies):
+                lat.sort()
+                d[f"{key}_p50_ms"] = lat[len(lat) // 2] * 1e3
+                d[f"{key}_p95_ms"] = lat[int(len(lat) * 0.95)] * 1e3
         # Whole loads, alternating.
         short_file, long_file = os.path.join(work, "short.txt"), os.path.join(work, "long.txt")
         with open(short_file, "w") as f:
@@ -121,15 +124,19 @@ def main():
             d["proc"].terminate()
             d["proc"].wait(30)
     cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    flags = next((l.split(":", 1)[1].split() for l in cpu.splitlines() if l.startswith("Flags")), [])
     report = {
         "model_dir": os.path.abspath(args.model_dir),
         "cpu": next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), ""),
+        "cpu_flags": [f for f in flags if f.startswith(("avx", "amx", "fma", "sse4"))],
+        "onnxruntime": "1.32.0",
         "rounds": args.rounds,
         "files": [{k: v for k, v in d.items() if k not in ("proc", "sock")} for d in daemons],
     }
     first = report["files"][0]
     for f in report["files"]:
         f["one_short_speedup_p50"] = first["one_short_p50_ms"] / f["one_short_p50_ms"]
+        f["one_command_speedup_p50"] = first["one_command_p50_ms"] / f["one_command_p50_ms"]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -27,13 +27,12 @@ fn python() -> PathBuf {
     python
 }
 
-/// Runs tools/quantize.py on `dir` with `args` (block 32) writing `out`, and returns its report (Null with
-/// `--no-report`).
+/// Runs tools/quantize.py on `dir` with `args` writing `out`, and returns its report (Null with `--no-report`).
 fn quantize(dir: &Path, out: &str, args: &[&str]) -> serde_json::Value {
     let output = Command::new(python())
         .arg(util::repo().join("tools/quantize.py"))
         .arg(dir)
-        .args(["--block", "32", "--out", out])
+        .args(["--out", out])
         .args(args)
         .output()
         .unwrap();
@@ -42,21 +41,6 @@ fn quantize(dir: &Path, out: &str, args: &[&str]) -> serde_json::Value {
         Ok(text) => serde_json::from_str(&text).unwrap(),
         Err(_) => serde_json::Value::Null,
     }
-}
-
-/// onnxruntime's dynamic int8 quantization of `dir`'s model.onnx into `out` (activations quantized per tensor).
-fn quantize_dynamic(dir: &Path, out: &str) {
-    let script = "import logging, sys, onnx\nlogging.disable(logging.WARNING)\n\
-        from onnxruntime.quantization import QuantType, quantize_dynamic\n\
-        quantize_dynamic(sys.argv[1], sys.argv[2], weight_type=QuantType.QInt8,\n\
-            extra_options={'DefaultTensorType': onnx.TensorProto.FLOAT})\n";
-    let status = Command::new(python())
-        .args(["-c", script])
-        .arg(dir.join("model.onnx"))
-        .arg(dir.join(out))
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 fn engine_for(dir: &Path, file: &str) -> engine::OrtEngine {
@@ -108,15 +92,40 @@ async fn minilm_quantized_by_the_tool_is_served_as_onnxruntime_computes_it() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&entry, &to).unwrap();
     }
-    let report = quantize(copy.path(), "model_q8.onnx", &["--bits", "8"]);
-    for key in ["min", "mean", "by_kind", "size_bytes", "speed", "worst", "loads"] {
+    let report = quantize(copy.path(), "model_q8.onnx", &["--bits", "8", "--block", "32", "--rounds", "1"]);
+    for key in [
+        "min",
+        "mean",
+        "by_kind",
+        "size_bytes",
+        "speed",
+        "worst",
+        "loads",
+        "batch_dependence",
+    ] {
         assert!(!report[key].is_null(), "the report has {key}: {report}");
     }
     assert!(report["size_bytes"]["quantized"].as_u64() < report["size_bytes"]["source"].as_u64());
-    // 4 bits with zero points, 4 bits as QDQ (DequantizeLinear + MatMul), and onnxruntime's dynamic int8.
-    quantize(copy.path(), "model_q4_zp.onnx", &["--bits", "4", "--asymmetric", "--no-report"]);
-    quantize(copy.path(), "model_qdq.onnx", &["--bits", "4", "--qdq", "--no-report"]);
-    quantize_dynamic(copy.path(), "model_dynamic.onnx");
+    // The report's batch dependence: block-wise files quantize activations per row, so none.
+    let batched_min = |report: &serde_json::Value, which: &str| report["batch_dependence"][which]["min"].as_f64().unwrap();
+    assert!(
+        batched_min(&report, "source") >= 0.99999 && batched_min(&report, "quantized") >= 0.99999,
+        "{report}"
+    );
+    // 4 bits with zero points, 4 bits as QDQ (DequantizeLinear + MatMul), and onnxruntime's dynamic int8, whose
+    // activation scale covers the whole batch: its report says that its vectors move with their batch.
+    quantize(
+        copy.path(),
+        "model_q4_zp.onnx",
+        &["--bits", "4", "--block", "32", "--asymmetric", "--no-report"],
+    );
+    quantize(
+        copy.path(),
+        "model_qdq.onnx",
+        &["--bits", "4", "--block", "32", "--qdq", "--no-report"],
+    );
+    let report = quantize(copy.path(), "model_dynamic.onnx", &["--dynamic", "--rounds", "1"]);
+    assert!(batched_min(&report, "quantized") < batched_min(&report, "source"), "{report}");
     let (fixtures, source) = util::fixtures();
     let texts: Vec<&str> = fixtures.iter().map(|f| f.text.as_str()).collect();
     let options = EmbedOptions {

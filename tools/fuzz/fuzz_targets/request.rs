@@ -2,8 +2,13 @@
 //! embed request respects max_inputs.
 #![no_main]
 
-use akidb::protocol::message::{decode_request, Op};
+// akidb's protocol module itself, compiled here alone (see Cargo.toml); only part of it is used.
+#[allow(dead_code, unused_imports)]
+#[path = "../../../src/protocol/mod.rs"]
+mod protocol;
+
 use libfuzzer_sys::fuzz_target;
+use protocol::message::{decode_request, Op};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(request) = decode_request(data, 8) {

@@ -207,19 +207,38 @@ async fn queue_backlog(daemon: &Daemon, words: usize, batches: u64) -> (akidb::c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_the_queue_ahead_makes_impossible_is_refused_on_arrival() {
     let daemon = Daemon::start("");
-    // About 10 s of work: 512 inputs of 256 tokens, queued behind one another; a few loaded batches have measured
-    // the cost per input.
+    // 512 inputs of 256 tokens queued behind one another (seconds of work on any machine); a few loaded batches have
+    // measured the cost per input.
     let (_backlog, mut client) = queue_backlog(&daemon, 64, 3).await;
+    // How long the queue ahead takes here: its length over the rate the device works it off, measured. The deadline
+    // is a third of that, so no machine, however fast, can meet it.
+    let before = client.status().await.unwrap();
+    let sampled = tokio::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = client.status().await.unwrap();
+    let done = after.devices[0].inputs - before.devices[0].inputs;
+    assert!(done > 0, "the device computed nothing in a second: cannot measure the queue's pace");
+    let ahead_ms = after.queues["normal"] as f64 * sampled.elapsed().as_secs_f64() * 1e3 / done as f64;
+    let deadline_ms = (ahead_ms / 3.0) as u64;
+    assert!(
+        deadline_ms >= 300,
+        "the backlog is too short to test against ({ahead_ms:.0} ms ahead)"
+    );
+    eprintln!("{ahead_ms:.0} ms of work ahead ({done} inputs computed in a second): deadline {deadline_ms} ms");
     let params = EmbedParams {
-        deadline_ms: Some(3000),
+        deadline_ms: Some(deadline_ms),
         ..EmbedParams::default()
     };
     let started = tokio::time::Instant::now();
-    let (code, _) = server_code(within(10, client.embed(&["no chance"], &params)).await.unwrap_err());
+    let (code, _) = server_code(
+        within(10 + deadline_ms / 1000, client.embed(&["no chance"], &params))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(code, ErrorCode::DeadlineExceeded);
     assert!(
-        started.elapsed() < Duration::from_millis(2000),
-        "refused on arrival, not when its deadline passed ({:?})",
+        started.elapsed() < Duration::from_millis(deadline_ms * 2 / 3),
+        "refused on arrival, not when its {deadline_ms} ms deadline passed ({:?}; {ahead_ms:.0} ms of work ahead)",
         started.elapsed()
     );
     let status = client.status().await.unwrap();

@@ -20,7 +20,8 @@ for tool in perf objdump; do command -v $tool >/dev/null || { echo "hot-kernels:
 [ -x target/release/akidbd ] && [ -f "$lib" ] || { echo "hot-kernels: run make build first" >&2; exit 1; }
 
 work=$(mktemp -d)
-trap 'kill $daemon 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+daemon=
+trap '[ -n "$daemon" ] && kill $daemon 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 cat > "$work/akidb.toml" <<EOF
 [server]
 socket = "$work/embed.sock"

@@ -123,10 +123,14 @@ def parse_args():
     return args
 
 
-def quantize_dynamic(source, target, args):
-    model = onnx.load(str(source), load_external_data=False)
+def matmuls_and_excluded(model, patterns):
+    """The graph's MatMul node names, and those an --exclude pattern keeps in fp32."""
     matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
-    excluded = [name for name in matmuls if any(re.search(p, name) for p in args.exclude)]
+    return matmuls, [name for name in matmuls if any(re.search(p, name) for p in patterns)]
+
+
+def quantize_dynamic(source, target, args):
+    matmuls, excluded = matmuls_and_excluded(onnx.load(str(source), load_external_data=False), args.exclude)
     big = file_bytes(source) > 1_800_000_000
     ort_quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=args.per_channel,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=excluded, use_external_data_format=big,
@@ -141,8 +145,7 @@ def quantize(source, target, args):
     if args.dynamic:
         return quantize_dynamic(source, target, args)
     model = onnx.load(str(source))
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul"]
-    excluded = [name for name in matmuls if any(re.search(p, name) for p in args.exclude)]
+    matmuls, excluded = matmuls_and_excluded(model, args.exclude)
     config = DefaultWeightOnlyQuantConfig(block_size=args.block, is_symmetric=not args.asymmetric,
                                           accuracy_level=args.accuracy_level,
                                           quant_format=QuantFormat.QDQ if args.qdq else QuantFormat.QOperator,
